@@ -21,3 +21,4 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_losses.py
+	$(VENV)/bin/python benchmarks/bench_training.py

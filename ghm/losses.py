@@ -48,6 +48,10 @@ def _check_number(name: str, value: object, *, low: float, high: float = float("
     return float(value)
 
 
+class NonFiniteInputError(ValueError):
+    """NaN or inf in a loss's predictions or targets (a diverged model, or broken targets)."""
+
+
 def _check_finite(name: str, tensor: Tensor) -> None:
     """Refuse NaN/inf inputs, which would otherwise turn into NaN weights and a NaN loss.
 
@@ -63,7 +67,7 @@ def _check_finite(name: str, tensor: Tensor) -> None:
     if tensor.device.type == "cpu":
         if not bool(finite):
             bad = int((~torch.isfinite(tensor.detach())).sum())
-            raise ValueError(f"{message}: {bad} of {tensor.numel()} elements")
+            raise NonFiniteInputError(f"{message}: {bad} of {tensor.numel()} elements")
     else:
         torch._assert_async(finite, message)
 

@@ -1,0 +1,184 @@
+"""RetinaNet (torchvision's) with its classification and box losses replaced by any configured pair.
+
+GHM's density is defined over all examples of an iteration, so by default the losses see every
+anchor of every FPN level and every image of the batch in one call. ``per_level=True`` instead
+calls GHM losses once per level with their shared state, as the official implementation does,
+so its published numbers can be reproduced.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection import RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.ops import boxes as box_ops
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+from torchvision.ops.misc import Conv2dNormActivation
+
+from ghm.losses import GHMC, GHMR
+
+log = logging.getLogger(__name__)
+
+# RetinaNet's octave scales: three anchor sizes per level, 2^0, 2^(1/3), 2^(2/3) of the base.
+OCTAVE_SCALES = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """What the losses are called with in one training step (all images and levels concatenated)."""
+
+    cls_logits: Tensor  # [B * A, C]
+    cls_targets: Tensor  # [B * A, C] one-hot
+    cls_weights: Tensor  # [B * A, C]: 1 for foreground and background anchors, 0 for ignored
+    box_deltas: Tensor  # [F, 4] predicted deltas of the foreground anchors
+    box_targets: Tensor  # [F, 4]
+    box_weights: Tensor  # [F, 4]
+
+    def detached(self) -> LossInputs:
+        return LossInputs(*(t.detach() for t in (self.cls_logits, self.cls_targets, self.cls_weights,
+                                                 self.box_deltas, self.box_targets, self.box_weights)))
+
+
+class LevelAnchorGenerator(AnchorGenerator):
+    """torchvision's anchors, remembering how many of each image's anchors each level holds."""
+
+    def forward(self, image_list, feature_maps):  # type: ignore[override]
+        per_location = self.num_anchors_per_location()
+        self.num_anchors_per_level = [f.shape[-2] * f.shape[-1] * a for f, a in zip(feature_maps, per_location, strict=True)]
+        return super().forward(image_list, feature_maps)
+
+
+class GHMRetinaNet(RetinaNet):
+    """RetinaNet whose ``compute_loss`` calls ``cls_loss`` and ``reg_loss`` (``loss(pred, target, weight)``).
+
+    The loss modules are submodules, so their state (GHM's EMA) is part of ``state_dict`` and of
+    every checkpoint.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, cls_loss: nn.Module, reg_loss: nn.Module, *,
+                 per_level: bool = False, **kwargs) -> None:
+        super().__init__(backbone, num_classes, **kwargs)
+        self.cls_loss = cls_loss
+        self.reg_loss = reg_loss
+        self.per_level = per_level
+        self.capture_loss_inputs = False
+        self.loss_inputs: LossInputs | None = None
+
+    def _match(self, targets: list[dict[str, Tensor]], anchors: list[Tensor]) -> list[Tensor]:
+        matched = []
+        for anchors_per_image, target in zip(anchors, targets, strict=True):
+            if target["boxes"].numel() == 0:
+                matched.append(torch.full((anchors_per_image.size(0),), -1, dtype=torch.int64, device=anchors_per_image.device))
+            else:
+                matched.append(self.proposal_matcher(box_ops.box_iou(target["boxes"], anchors_per_image)))
+        return matched
+
+    def compute_loss(self, targets, head_outputs, anchors):  # type: ignore[override]
+        cls_logits, box_regression = head_outputs["cls_logits"], head_outputs["bbox_regression"]  # [B, A, C], [B, A, 4]
+        matched = torch.stack(self._match(targets, anchors))  # [B, A]: gt index, -1 background, -2 ignored
+        foreground = matched >= 0
+        cls_targets = torch.zeros_like(cls_logits)
+        box_targets = torch.zeros_like(box_regression)
+        for i, target in enumerate(targets):
+            fg = foreground[i]
+            gt = matched[i][fg]
+            cls_targets[i, fg, target["labels"][gt]] = 1.0
+            box_targets[i, fg] = self.box_coder.encode_single(target["boxes"][gt], anchors[i][fg])
+        cls_weights = (matched != self.proposal_matcher.BETWEEN_THRESHOLDS).to(cls_logits.dtype)[..., None].expand_as(cls_logits)
+
+        dense = (cls_logits, cls_targets, cls_weights, box_regression, box_targets, foreground)
+        whole = self._flatten(*dense)
+        if self.capture_loss_inputs:
+            self.loss_inputs = whole.detached()
+        cls_parts = reg_parts = [whole]
+        if self.per_level:  # GHM losses once per level, as the official code; the others see the whole batch
+            levels = self.anchor_generator.num_anchors_per_level
+            splits = [t.split(levels, dim=1) for t in dense]
+            per_level = [self._flatten(*(split[level] for split in splits)) for level in range(len(levels))]
+            cls_parts = per_level if isinstance(self.cls_loss, GHMC) else cls_parts
+            reg_parts = per_level if isinstance(self.reg_loss, GHMR) else reg_parts
+        return {
+            "classification": torch.stack([self.cls_loss(p.cls_logits, p.cls_targets, p.cls_weights) for p in cls_parts]).sum(),
+            "bbox_regression": torch.stack([self.reg_loss(p.box_deltas, p.box_targets, p.box_weights) for p in reg_parts]).sum(),
+        }
+
+    @staticmethod
+    def _flatten(cls_logits: Tensor, cls_targets: Tensor, cls_weights: Tensor, box_regression: Tensor,
+                 box_targets: Tensor, foreground: Tensor) -> LossInputs:
+        classes = cls_logits.shape[-1]
+        box_deltas = box_regression[foreground]
+        return LossInputs(cls_logits.reshape(-1, classes), cls_targets.reshape(-1, classes), cls_weights.reshape(-1, classes),
+                          box_deltas, box_targets[foreground], torch.ones_like(box_deltas))
+
+
+class TinyBackbone(nn.Sequential):
+    """A small CNN for CPU training: strides 2, 4, 8, 16, 32 with BatchNorm, trained from scratch."""
+
+    def __init__(self, width: int) -> None:
+        def stage(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(Conv2dNormActivation(cin, cout, stride=2), Conv2dNormActivation(cout, cout))
+
+        super().__init__()
+        self.add_module("stem", Conv2dNormActivation(3, width, stride=2))
+        self.add_module("layer1", stage(width, width))
+        self.add_module("layer2", stage(width, 2 * width))
+        self.add_module("layer3", stage(2 * width, 4 * width))
+        self.add_module("layer4", stage(4 * width, 8 * width))
+
+
+def _anchor_generator(base_sizes: list[int], aspect_ratios: list[float]) -> LevelAnchorGenerator:
+    sizes = tuple(tuple(round(base * s, 2) for s in OCTAVE_SCALES) for base in base_sizes)
+    return LevelAnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))
+
+
+def build_detector(name: str, num_classes: int, cls_loss: nn.Module, reg_loss: nn.Module, *, width: int = 32,
+                   fpn_channels: int = 64, anchor_sizes: list[int] | None = None, aspect_ratios: list[float] | None = None,
+                   min_size: int = 800, max_size: int = 1333, per_level: bool = False, score_thresh: float = 0.05,
+                   nms_thresh: float = 0.5, detections_per_img: int = 100, weights: str | None = None) -> GHMRetinaNet:
+    """``retinanet_tiny`` (P3-P6, P6 max-pooled; GroupNorm head) or ``retinanet_r50_fpn`` (the paper's, P3-P7).
+
+    Nothing is downloaded; ``weights`` may name a local state-dict file, read with ``weights_only=True``.
+    """
+    aspect_ratios = aspect_ratios or [0.5, 1.0, 2.0]
+    if name == "retinanet_tiny":
+        backbone = BackboneWithFPN(TinyBackbone(width), return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
+                                   in_channels_list=[2 * width, 4 * width, 8 * width], out_channels=fpn_channels)
+        anchors = _anchor_generator(anchor_sizes or [16, 32, 64, 128], aspect_ratios)
+        head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], num_classes,
+                             norm_layer=partial(nn.GroupNorm, 8))
+    elif name == "retinanet_r50_fpn":
+        backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=5, returned_layers=[2, 3, 4],
+                                       extra_blocks=LastLevelP6P7(256, 256))
+        anchors = _anchor_generator(anchor_sizes or [32, 64, 128, 256, 512], aspect_ratios)
+        head = RetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes)
+    else:
+        raise ValueError(f"unknown model {name!r}; allowed: retinanet_tiny, retinanet_r50_fpn")
+    model = GHMRetinaNet(backbone, num_classes, cls_loss, reg_loss, per_level=per_level, anchor_generator=anchors, head=head,
+                         min_size=min_size, max_size=max_size, score_thresh=score_thresh, nms_thresh=nms_thresh,
+                         detections_per_img=detections_per_img)
+    if weights:
+        load_weights(model, Path(weights))
+    return model
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load matching tensors of a local state dict (never pickled code: ``weights_only=True``)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"model.weights: no such file {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state) if isinstance(state, dict) else state
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise ValueError(f"model.weights: {path} has no tensor matching this model's names and shapes")
+    model.load_state_dict(usable, strict=False)
+    log.info("loaded %d of %d tensors from %s (%d of the model's left as initialised)", len(usable), len(state), path,
+             len(own) - len(usable))

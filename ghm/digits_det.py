@@ -1,0 +1,198 @@
+"""Digits-Det: a built-in detection dataset made from the real data that ships with scikit-learn.
+
+Handwritten digits (``load_digits``, 1797 scans of 8x8) are composed onto cluttered backgrounds
+(crops of the photos ``load_sample_images`` ships, plus noise and strokes), with scale variation
+(log-uniform sizes: many small objects), occlusion, low contrast, unlabelled distractors (strokes
+and digit fragments) and a long-tailed class frequency, so the easy/hard and positive/negative
+imbalance GHM addresses is really there.
+
+Generation is deterministic in its parameters and writes a COCO-format dataset (PNG images and
+one JSON per split) to ``<cache_dir>/<key>``, where the key hashes the parameters; concurrent
+writers (parallel trials) are safe, since each builds in a private folder and renames it in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# Bump when the generator's output changes for the same parameters: it is part of the cache key.
+GENERATOR_VERSION = 1
+
+
+@dataclass
+class DigitsDetParams:
+    """Everything that determines the generated dataset."""
+
+    image_size: int = 128
+    train_images: int = 800
+    val_images: int = 200
+    min_objects: int = 2
+    max_objects: int = 7
+    min_digit_size: int = 12
+    max_digit_size: int = 40
+    class_tail: float = 0.7  # class frequency ~ 1 / rank^class_tail
+    min_contrast: float = 0.6
+    occlusion_prob: float = 0.25
+    max_distractors: int = 3
+    noise_std: float = 0.02
+    seed: int = 0
+
+    def key(self) -> str:
+        """Cache key: a hash of the parameters and the generator version."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(DigitsDetParams)}
+        payload = json.dumps({"version": GENERATOR_VERSION, **fields}, sort_keys=True)
+        return hashlib.sha1(payload.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class CocoSplit:
+    """Where one split of a COCO-format dataset lives."""
+
+    images_dir: Path
+    annotation_file: Path
+
+
+def _class_probabilities(params: DigitsDetParams, rng: np.random.Generator) -> np.ndarray:
+    ranks = rng.permutation(10) + 1  # which digit is frequent is itself seeded
+    weights = 1.0 / ranks.astype(float) ** params.class_tail
+    return weights / weights.sum()
+
+
+def _background(photos: list[np.ndarray], size: int, rng: np.random.Generator) -> np.ndarray:
+    photo = photos[rng.integers(len(photos))]
+    crop = int(rng.integers(size, min(photo.shape[:2]) + 1))
+    top = int(rng.integers(photo.shape[0] - crop + 1))
+    left = int(rng.integers(photo.shape[1] - crop + 1))
+    patch = Image.fromarray(photo[top:top + crop, left:left + crop]).resize((size, size), Image.BILINEAR)
+    image = np.asarray(patch, dtype=np.float32) / 255.0
+    gray = image.mean(axis=2, keepdims=True)
+    desaturate = rng.uniform(0.0, 0.7)
+    return (1 - desaturate) * image + desaturate * gray
+
+
+def _digit_alpha(scan: np.ndarray, height: int, width: int) -> np.ndarray:
+    """An 8x8 scan (0..16) resized to height x width, as opacity in [0, 1]."""
+    image = Image.fromarray((scan * (255.0 / 16.0)).astype(np.uint8)).resize((width, height), Image.BILINEAR)
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    if boxes.size == 0:
+        return np.zeros(0)
+    x1 = np.maximum(box[0], boxes[:, 0])
+    y1 = np.maximum(box[1], boxes[:, 1])
+    x2 = np.minimum(box[2], boxes[:, 2])
+    y2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / (area + areas - inter)
+
+
+def _paste(image: np.ndarray, alpha: np.ndarray, top: int, left: int, color: np.ndarray) -> None:
+    h, w = alpha.shape
+    region = image[top:top + h, left:left + w]
+    region[:] = region * (1 - alpha[..., None]) + color * alpha[..., None]
+
+
+def _compose(params: DigitsDetParams, photos: list[np.ndarray], scans: np.ndarray, labels: np.ndarray,
+             class_p: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[list[float], int]]]:
+    """One image and its (box xywh, digit) annotations."""
+    size = params.image_size
+    image = _background(photos, size, rng)
+    boxes: list[np.ndarray] = []
+    annotations = []
+    for _ in range(int(rng.integers(params.min_objects, params.max_objects + 1))):
+        digit = int(rng.choice(10, p=class_p))
+        scan = scans[rng.choice(np.flatnonzero(labels == digit))]
+        height = int(np.exp(rng.uniform(np.log(params.min_digit_size), np.log(params.max_digit_size))))
+        width = max(4, int(height * rng.uniform(0.7, 1.1)))
+        top, left = int(rng.integers(0, size - height + 1)), int(rng.integers(0, size - width + 1))
+        alpha = _digit_alpha(scan, height, width) * rng.uniform(params.min_contrast, 1.0)
+        ys, xs = np.nonzero(alpha > 0.1)
+        if ys.size == 0:
+            continue
+        box = np.array([left + xs.min(), top + ys.min(), left + xs.max() + 1, top + ys.max() + 1], dtype=float)
+        if np.any(_iou(box, np.array(boxes).reshape(-1, 4)) > 0.3):
+            continue
+        local = image[top:top + height, left:left + width].mean(axis=(0, 1))
+        color = np.clip(1.0 - local + rng.normal(0, 0.25, 3), 0, 1)  # roughly opposite the background
+        _paste(image, alpha, top, left, color)
+        if rng.random() < params.occlusion_prob:  # a patch of background colour over part of the digit
+            oh, ow = max(2, int(height * rng.uniform(0.2, 0.5))), max(2, int(width * rng.uniform(0.2, 0.5)))
+            oy, ox = top + int(rng.integers(0, height - oh + 1)), left + int(rng.integers(0, width - ow + 1))
+            image[oy:oy + oh, ox:ox + ow] = local + rng.normal(0, 0.05, 3)
+        boxes.append(box)
+        annotations.append(([box[0], box[1], box[2] - box[0], box[3] - box[1]], digit))
+    canvas = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(int(rng.integers(0, params.max_distractors + 1))):
+        if rng.random() < 0.5:  # a stroke
+            points = [tuple(int(v) for v in rng.integers(0, size, 2)) for _ in range(int(rng.integers(2, 4)))]
+            draw.line(points, fill=tuple(int(v) for v in rng.integers(0, 256, 3)), width=int(rng.integers(1, 4)))
+        else:  # the top or bottom half of a digit: digit-like, but no digit
+            scan = scans[rng.integers(len(scans))].copy()
+            scan[:4] = 0 if rng.random() < 0.5 else scan[:4]
+            scan[4:] = 0 if scan[:4].any() else scan[4:]
+            height = int(rng.integers(params.min_digit_size, params.max_digit_size + 1))
+            alpha = _digit_alpha(scan, height, height)
+            top, left = int(rng.integers(0, size - height + 1)), int(rng.integers(0, size - height + 1))
+            array = np.asarray(canvas, dtype=np.float32) / 255.0
+            _paste(array, alpha, top, left, rng.uniform(0, 1, 3))
+            canvas = Image.fromarray((np.clip(array, 0, 1) * 255).astype(np.uint8))
+            draw = ImageDraw.Draw(canvas)
+    pixels = np.asarray(canvas, dtype=np.float32) / 255.0 + rng.normal(0, params.noise_std, (size, size, 3))
+    return (np.clip(pixels, 0, 1) * 255).astype(np.uint8), annotations
+
+
+def _write_split(params: DigitsDetParams, split: str, count: int, seed: int, root: Path) -> None:
+    from sklearn.datasets import load_digits, load_sample_images
+
+    digits = load_digits()
+    photos = list(load_sample_images().images)
+    rng = np.random.default_rng(seed)
+    class_p = _class_probabilities(params, np.random.default_rng(params.seed))
+    (root / split).mkdir(parents=True)
+    images, annotations = [], []
+    for image_id in range(1, count + 1):
+        pixels, objects = _compose(params, photos, digits.images, digits.target, class_p, rng)
+        file_name = f"{image_id:06d}.png"
+        Image.fromarray(pixels).save(root / split / file_name)
+        images.append({"id": image_id, "file_name": file_name, "width": params.image_size, "height": params.image_size})
+        for bbox, digit in objects:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": digit + 1,
+                                "bbox": [round(v, 2) for v in bbox], "area": round(bbox[2] * bbox[3], 2), "iscrowd": 0})
+    categories = [{"id": d + 1, "name": str(d), "supercategory": "digit"} for d in range(10)]
+    document = {"info": {"description": "Digits-Det", "params": dataclasses.asdict(params)},
+                "images": images, "annotations": annotations, "categories": categories}
+    (root / "annotations").mkdir(exist_ok=True)
+    (root / "annotations" / f"{split}.json").write_text(json.dumps(document))
+
+
+def ensure_digits_det(params: DigitsDetParams, cache_dir: str | os.PathLike[str]) -> dict[str, CocoSplit]:
+    """Generate the dataset once per parameter set; return its train and val splits."""
+    root = Path(cache_dir) / params.key()
+    if not (root / "params.json").exists():
+        staging = Path(cache_dir) / f".staging-{params.key()}-{uuid.uuid4().hex[:8]}"
+        try:
+            _write_split(params, "train", params.train_images, params.seed * 2 + 1, staging)
+            _write_split(params, "val", params.val_images, params.seed * 2 + 2, staging)
+            (staging / "params.json").write_text(json.dumps(dataclasses.asdict(params), indent=2))
+            try:
+                staging.rename(root)
+            except OSError:
+                if not (root / "params.json").exists():  # not a concurrent writer that won: a real error
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return {split: CocoSplit(root / split, root / "annotations" / f"{split}.json") for split in ("train", "val")}

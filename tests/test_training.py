@@ -1,0 +1,171 @@
+"""Training runs end to end on a small Digits-Det: tracking, resume, failure policy, learning."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from ghm.config import validate
+from ghm.detector import build_detector, load_weights
+from ghm.losses import GHMC, GHMR, FocalLoss, SmoothL1Loss
+from ghm.training import NonFiniteLossError, Trainer, lr_factor
+from tests.conftest import ROOT, SMALL_DATA, compose_config
+
+
+def trainer(tmp_path: Path, tracking_uri: str, *overrides: str, name: str = "ckpt", **kwargs) -> Trainer:
+    cfg = compose_config(["train=smoke", *SMALL_DATA, f"checkpoint_dir={tmp_path / name}",
+                          f"mlflow.tracking_uri={tracking_uri}", "mlflow.experiment_name=test", *overrides])
+    return Trainer(validate(cfg), tmp_path / name, **kwargs)
+
+
+def only_run(tracking_uri: str):
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_smoke_run_leaves_a_complete_mlflow_run(tmp_path: Path, tracking_uri: str) -> None:
+    result = trainer(tmp_path, tracking_uri, "train.epochs=2", "train.max_iters_per_epoch=2").run()
+    client, run = only_run(tracking_uri)
+    assert run.info.run_id == result.run_id and run.info.status == "FINISHED"
+    assert run.data.params["loss.cls.bins"] == "30" and run.data.params["train.epochs"] == "2"
+    tags = run.data.tags
+    assert tags["loss_family"] == "ghm" and tags["baseline"] == "false" and tags["device"] == "cpu"
+    assert tags["dataset"].startswith("digits-det-") and tags["code_version"]
+    for metric in ("train_loss", "train_loss_cls", "train_loss_box", "lr", "images_per_second", "mAP", "AP50", "APs"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2], metric
+    assert run.data.metrics["mAP"] == result.metrics["mAP"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "coco_eval.txt", "evaluation.json", "figures"} <= artifacts
+    for phase in ("start", "middle", "end"):
+        names = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, f"figures/{phase}")}
+        assert names == {"gradient_norm_cls.png", "gradient_norm_reg.png", "reformulated_cls.png", "reformulated_reg.png"}
+    assert result.checkpoint.is_file()
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path: Path, tracking_uri: str) -> None:
+    settings = ("train.epochs=2", "train.max_iters_per_epoch=3", "train.figures=false", "loss.cls.momentum=0.75")
+    straight = trainer(tmp_path, f"sqlite:///{tmp_path / 'straight.db'}", *settings, name="straight")
+    straight.run()
+
+    def interrupt(epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer(tmp_path, tracking_uri, *settings, name="resumed", on_epoch=interrupt).run()
+    client, run = only_run(tracking_uri)
+    assert run.info.status == "KILLED"
+    resumed = trainer(tmp_path, tracking_uri, *settings, name="resumed")
+    resumed.run()
+    client, run = only_run(tracking_uri)  # the same run, continued
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    assert resumed.model.cls_loss.density.acc_sum.abs().sum() > 0  # GHM's EMA came back with the checkpoint
+
+
+def test_nonfinite_loss_fails_the_run_naming_the_step(tmp_path: Path, tracking_uri: str) -> None:
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 1, step \d+"):
+        trainer(tmp_path, tracking_uri, "loss=focal", "train.lr=1e12", "train.warmup_iters=0", "train.clip_grad_norm=null",
+                "train.max_iters_per_epoch=6").run()
+    client, run = only_run(tracking_uri)
+    assert run.info.status == "FAILED" and "non-finite loss" in run.data.tags["error"]
+    assert "error.txt" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_nonfinite_loss_can_be_skipped_and_counted(tmp_path: Path, tracking_uri: str) -> None:
+    trainer(tmp_path, tracking_uri, "loss=focal", "train.lr=1e12", "train.warmup_iters=0", "train.clip_grad_norm=null",
+            "train.max_iters_per_epoch=6", "train.nonfinite=skip", "train.figures=false").run()
+    _, run = only_run(tracking_uri)
+    assert run.info.status == "FINISHED" and run.data.metrics["skipped_steps"] >= 1
+
+
+@pytest.mark.parametrize("loss", ["ghm", "focal"])
+def test_loss_decreases_on_digits_det(tmp_path: Path, tracking_uri: str, loss: str) -> None:
+    job = trainer(tmp_path, tracking_uri, f"loss={loss}", "train.figures=false", "train.lr=0.02", "train.warmup_iters=5")
+    images, targets = next(iter(job.loader))
+    model = job.model.train()
+    losses = []
+    for step in range(40):
+        for group in job.optimizer.param_groups:
+            group["lr"] = group.setdefault("initial_lr", group["lr"]) * lr_factor(job.train_cfg, step, 40)
+        out = model(images, targets)
+        loss_value = out["classification"] + out["bbox_regression"]
+        job.optimizer.zero_grad()
+        loss_value.backward()
+        job.optimizer.step()
+        losses.append(loss_value.item())
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.6 * first, losses
+
+
+def test_per_level_calls_ghm_once_per_fpn_level() -> None:
+    calls = {"cls": 0, "reg": 0}
+    cls, reg = GHMC(bins=30), GHMR()
+    cls.register_forward_hook(lambda *_: calls.__setitem__("cls", calls["cls"] + 1))
+    reg.register_forward_hook(lambda *_: calls.__setitem__("reg", calls["reg"] + 1))
+    images = [torch.rand(3, 96, 96), torch.rand(3, 96, 96)]
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 30.0, 40.0]]), "labels": torch.tensor([2])},
+               {"boxes": torch.tensor([[50.0, 20.0, 70.0, 44.0]]), "labels": torch.tensor([5])}]
+    for per_level, expected in ((False, 1), (True, 4)):
+        torch.manual_seed(0)
+        model = build_detector("retinanet_tiny", 10, cls, reg, anchor_sizes=[12, 24, 48, 96], min_size=96, max_size=96,
+                               per_level=per_level).train()
+        calls.update(cls=0, reg=0)
+        model(images, targets)
+        assert calls == {"cls": expected, "reg": expected}
+        levels = model.anchor_generator.num_anchors_per_level
+        assert sum(levels) == cls.stats.g.shape[0] // 2 if not per_level else len(levels) == 4
+
+
+def test_per_level_for_baselines_is_the_whole_batch() -> None:
+    images = [torch.rand(3, 96, 96)]
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 30.0, 40.0]]), "labels": torch.tensor([2])}]
+    values = []
+    for per_level in (False, True):
+        torch.manual_seed(0)
+        model = build_detector("retinanet_tiny", 10, FocalLoss(), SmoothL1Loss(), anchor_sizes=[12, 24, 48, 96],
+                               min_size=96, max_size=96, per_level=per_level).train()
+        values.append({k: v.item() for k, v in model(images, targets).items()})
+    assert values[0] == values[1]
+
+
+def test_local_weights_load_with_weights_only(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    source = build_detector("retinanet_tiny", 10, FocalLoss(), SmoothL1Loss())
+    torch.save({"model": source.state_dict()}, tmp_path / "weights.pt")
+    torch.manual_seed(2)
+    target = build_detector("retinanet_tiny", 10, FocalLoss(), SmoothL1Loss())
+    load_weights(target, tmp_path / "weights.pt")
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(target.state_dict()[key], value)
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pickled code ran",))
+
+    torch.save({"model": Payload()}, tmp_path / "evil.pt", _use_new_zipfile_serialization=True)
+    with pytest.raises(Exception, match=r"(?i)weights only|unpickl"):
+        load_weights(target, tmp_path / "evil.pt")
+
+
+def test_launch_trains_evaluates_and_tracks(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = subprocess.run([sys.executable, "launch.py", "train=smoke", "loss=focal", *SMALL_DATA, f"hydra.run.dir={tmp_path}",
+                             f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=test"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "focal: mAP" in result.stderr + result.stdout
+    _, run = only_run(uri)
+    assert run.info.status == "FINISHED" and run.data.tags["baseline"] == "true"
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
