@@ -2,7 +2,7 @@
 
 Builds ``retinanet_tiny`` (CPU) or ``retinanet_r50_fpn`` (``--model``) once per loss pair from the
 same seed, feeds every pair the same Digits-Det batch, and times forward + backward + SGD step
-(median of ``--repeats`` after warm-up). Prints the step time, images/s and the ratio against
+(median of ``--repeats`` interleaved rounds after warm-up). Prints the step time, images/s and the ratio against
 the focal baseline for: focal + smooth L1, GHM-C + GHM-R (the paper's density over the whole
 batch), the same per FPN level (the official code's calls), and GHM-C with the exact density.
 
@@ -31,22 +31,19 @@ PAIRS = {
 }
 
 
-def step_seconds(model: torch.nn.Module, images: list[torch.Tensor], targets: list[dict], repeats: int,
-                 device: torch.device) -> float:
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    times = []
-    for _ in range(repeats + 2):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        losses = model(images, targets)
-        optimizer.zero_grad()
-        (losses["classification"] + losses["bbox_regression"]).backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[2:])
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: list[torch.Tensor], targets: list[dict],
+               device: torch.device) -> float:
+    """Seconds of one forward + backward + SGD step."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    losses = model(images, targets)
+    optimizer.zero_grad()
+    (losses["classification"] + losses["bbox_regression"]).backward()
+    optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -66,15 +63,22 @@ def main() -> None:
     anchors = [12, 24, 48, 96] if args.model == "retinanet_tiny" else None
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, {args.model}, batch {args.batch} "
           f"x {args.image_size}px, median of {args.repeats} steps")
-    seconds = {}
+    models = {}
     for name, (cls, reg, per_level) in PAIRS.items():
         torch.manual_seed(0)
         model = build_detector(args.model, dataset.num_classes, cls(), reg(), anchor_sizes=anchors, min_size=args.image_size,
                                max_size=args.image_size, per_level=per_level).to(device).train()
-        seconds[name] = step_seconds(model, images, targets, args.repeats, device)
-        ratio = seconds[name] / seconds["focal + smooth L1"]
-        print(f"{name:26s} {seconds[name] * 1e3:9.1f} ms/step {args.batch / seconds[name]:8.1f} images/s  {ratio:6.3f}x focal")
-
+        models[name] = (model, torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9))
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for round_ in range(args.repeats + 2):  # interleaved, so drift of the machine hits every pair alike
+        for name, (model, optimizer) in models.items():
+            elapsed = train_step(model, optimizer, images, targets, device)
+            if round_ >= 2:
+                times[name].append(elapsed)
+    seconds = {name: statistics.median(t) for name, t in times.items()}
+    for name, value in seconds.items():
+        ratio = value / seconds["focal + smooth L1"]
+        print(f"{name:26s} {value * 1e3:9.1f} ms/step {args.batch / value:8.1f} images/s  {ratio:6.3f}x focal")
 
 if __name__ == "__main__":
     main()
