@@ -197,6 +197,10 @@ class Trainer:
                                 config=self.cfg.raw) if tracker else nullcontext(None)
         with context as run_id:
             metrics = self._train(state, tracker, run_id)
+        if self.world > 1:  # rank 0 evaluated and tracked: every rank returns its result
+            shared = [metrics, run_id]
+            dist.broadcast_object_list(shared, src=0)
+            metrics, run_id = shared
         return RunResult(metrics=metrics, run_id=run_id, checkpoint=self.checkpoint)
 
     def _load_checkpoint(self) -> dict[str, Any]:

@@ -169,3 +169,14 @@ def test_launch_trains_evaluates_and_tracks(tmp_path: Path) -> None:
     _, run = only_run(uri)
     assert run.info.status == "FINISHED" and run.data.tags["baseline"] == "true"
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
+
+
+def test_torchrun_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "launch.py", "train=smoke",
+                             "train.batch_size=4", *SMALL_DATA, f"hydra.run.dir={tmp_path}", f"mlflow.tracking_uri={uri}",
+                             "mlflow.experiment_name=test"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, run = only_run(uri)  # one run, tracked by rank 0
+    assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "2"
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
