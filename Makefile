@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 main: $(STAMP)
-	$(VENV)/bin/python launch.py
+	$(VENV)/bin/python launch.py experiments=ghm_vs_focal
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

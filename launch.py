@@ -1,4 +1,4 @@
-"""Entry point: ``python launch.py [overrides]`` -- one training + evaluation run, tracked in MLflow."""
+"""Entry point: ``python launch.py [overrides]`` trains and evaluates one run; ``-m`` sweeps (see README)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from ghm import trial
 from ghm.config import ConfigError, register, validate
 from ghm.training import Trainer
 
@@ -21,13 +22,19 @@ def main(cfg: DictConfig) -> float:
     try:
         run = validate(cfg)
     except ConfigError as err:
+        if trial.current() is not None:
+            raise  # a sweep records the trial as failed
         log.error("config error: %s", err)
         sys.exit(2)
-    result = Trainer(run, Path(cfg.checkpoint_dir)).run()
+    context = trial.current()
+    trainer = Trainer(run, Path(cfg.checkpoint_dir), on_epoch=context.on_epoch if context else None,
+                      parent_run_id=context.parent_run_id if context else None, extra_tags=context.tags if context else None)
+    result = trainer.run()
     summary = "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
     log.info("%s: %s", run.loss.family, summary)
-    log.info("MLflow run %s -- browse with: mlflow ui --backend-store-uri %s", result.run_id,
-             run.mlflow.tracking_uri or "sqlite:///mlflow.db")
+    if context is None:
+        log.info("MLflow run %s -- browse with: mlflow ui --backend-store-uri %s", result.run_id,
+                 run.mlflow.tracking_uri or "sqlite:///mlflow.db")
     return result.metrics["mAP"]
 
 

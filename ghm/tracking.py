@@ -7,6 +7,8 @@ tracking server works through ``mlflow.tracking_uri``. A run that raises ends FA
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import time
 import traceback
@@ -38,6 +40,15 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{commit}-dirty" if dirty else commit
+
+
+def pair_key(config: DictConfig) -> str:
+    """What a candidate and its baseline share: the config but the loss, tracking and paths, and the code version."""
+    container = OmegaConf.to_container(config, resolve=False)
+    for key in ("loss", "mlflow", "checkpoint_dir", "hydra"):
+        container.pop(key, None)
+    payload = json.dumps({"config": container, "code": code_version()}, sort_keys=True, default=str)
+    return hashlib.sha1(payload.encode()).hexdigest()[:16]
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

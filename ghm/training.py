@@ -36,7 +36,7 @@ from ghm.digits_det import DigitsDetParams, ensure_digits_det
 from ghm.evaluation import Evaluation, evaluate
 from ghm.figures import batch_figures
 from ghm.losses import NonFiniteInputError, build_loss
-from ghm.tracking import PROJECT_DIR, RunTracker, code_version
+from ghm.tracking import PROJECT_DIR, RunTracker, code_version, pair_key
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +134,14 @@ class Trainer:
     """Trains and evaluates one configured detector; :meth:`run` is the whole job."""
 
     def __init__(self, run: RunConfig, checkpoint_dir: Path,
-                 on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> None:
+                 on_epoch: Callable[[int, dict[str, float], str | None], None] | None = None,
+                 parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None) -> None:
         self.cfg = run
         self.train_cfg = run.train
         self.checkpoint = checkpoint_dir / "last.pt"
         self.on_epoch = on_epoch
+        self.parent_run_id = parent_run_id
+        self.extra_tags = extra_tags or {}
         self.world, self.rank, local_rank = _distributed()
         self.device = resolve_device(run.device, local_rank)
         if self.train_cfg.threads:
@@ -183,7 +186,7 @@ class Trainer:
         loss = self.cfg.loss
         return {"loss_family": loss.family, "baseline": str(loss.baseline).lower(), "dataset": self.data.dataset_id,
                 "code_version": code_version(), "device": str(self.device), "model": self.cfg.model.name,
-                "world_size": str(self.world)}
+                "world_size": str(self.world), "pair_key": pair_key(self.cfg.raw), **self.extra_tags}
 
     def run(self) -> RunResult:
         """Train (resuming from the last checkpoint when there is one), evaluate and track."""
@@ -194,7 +197,7 @@ class Trainer:
         state = self._load_checkpoint()
         tracker = RunTracker(self.cfg.mlflow.tracking_uri, self.cfg.mlflow.experiment_name) if self.rank == 0 else None
         context = tracker.start(run_id=state.get("run_id"), run_name=self.cfg.mlflow.run_name, tags=self.tags(),
-                                config=self.cfg.raw) if tracker else nullcontext(None)
+                                config=self.cfg.raw, parent_run_id=self.parent_run_id) if tracker else nullcontext(None)
         with context as run_id:
             metrics = self._train(state, tracker, run_id)
         if self.world > 1:  # rank 0 evaluated and tracked: every rank returns its result
@@ -235,7 +238,7 @@ class Trainer:
             if self.world > 1:
                 dist.barrier()
             if self.on_epoch:
-                self.on_epoch(epoch + 1, epoch_metrics)
+                self.on_epoch(epoch + 1, epoch_metrics, run_id)
         return metrics
 
     def _train_epoch(self, epoch: int, skipped: int, tracker: RunTracker | None) -> tuple[dict[str, float], int]:

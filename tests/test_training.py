@@ -54,7 +54,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path: Path, 
     straight = trainer(tmp_path, f"sqlite:///{tmp_path / 'straight.db'}", *settings, name="straight")
     straight.run()
 
-    def interrupt(epoch: int, metrics: dict[str, float]) -> None:
+    def interrupt(epoch: int, metrics: dict[str, float], run_id: str | None) -> None:
         if epoch == 1:
             raise KeyboardInterrupt
 

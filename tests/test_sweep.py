@@ -1,0 +1,111 @@
+"""The Hydra sweeper on Ray Tune: grids, Optuna with pruning, failures, resume, baselines, MLflow."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT, SMALL_DATA
+
+APPS = ROOT / "tests" / "apps"
+
+
+def run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
+    return result
+
+
+def places(tmp_path: Path, name: str) -> list[str]:
+    return [f"hydra.sweep.dir={tmp_path / name}", f"hydra.sweeper.ray.storage_path={tmp_path / 'ray'}",
+            f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}"]
+
+
+def test_an_app_written_for_hydra_optuna_sweeper_runs_unchanged(tmp_path: Path) -> None:
+    # sphere.py / sphere.yaml are the plugin's documented example, selecting `hydra/sweeper: optuna`.
+    run(["sphere.py", "-m", "hydra.sweeper.n_trials=5", *places(tmp_path, "sphere")], APPS)
+    study = optuna.load_study(study_name="sphere", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    trials = study.trials
+    assert len(trials) == 5 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    for t in trials:
+        assert t.value == t.params["x"] ** 2 + t.params["y"] ** 2
+        assert t.params["x"] in [-5.5 + 0.5 * i for i in range(23)] and t.params["y"] in (-5, 0, 5)
+
+
+def test_optuna_search_prunes_and_records_failed_trials(tmp_path: Path) -> None:
+    log = tmp_path / "executions.txt"
+    result = run(["curves.py", "--config-name", "curves_search", "-m", "hydra.sweeper.study_name=curves",
+                  "hydra.sweeper.max_failure_rate=1.0", "fail_above=0.85", "seconds_per_epoch=0.3", f"log={log}",
+                  *places(tmp_path, "curves")], APPS)
+    trials = optuna.load_study(study_name="curves", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    states = [t.state for t in trials]
+    assert len(trials) == 10
+    assert all((t.state == optuna.trial.TrialState.FAIL) == (t.params["x"] > 0.85) for t in trials)
+    assert states.count(optuna.trial.TrialState.PRUNED) >= 1 and states.count(optuna.trial.TrialState.COMPLETE) >= 1
+    completed = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    for t in completed:
+        assert abs(t.value - t.params["x"]) < 1e-9  # the final value, not an intermediate one
+    assert len(log.read_text().splitlines()) == len(completed)  # pruned trials stopped before the end
+    assert "failed" in result.stdout + result.stderr
+
+
+def test_too_many_failures_fail_the_sweep(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "curves.py", "-m", "x=0.5,0.9", "fail_above=0.85", f"log={tmp_path / 'log'}",
+                             *places(tmp_path, "fail")], cwd=APPS, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "1 of 2 trials failed, above hydra.sweeper.max_failure_rate=0.0" in result.stderr
+
+
+def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path: Path) -> None:
+    log = tmp_path / "executions.txt"
+    command = [sys.executable, "curves.py", "-m", "x=0.1,0.2,0.3,0.4,0.5", "hydra.sweeper.n_jobs=1", "hydra.sweeper.study_name=resume",
+               "seconds_per_epoch=1.0", "hydra.sweeper.pruner.enabled=false", f"log={log}", *places(tmp_path, "resume")]
+    first = subprocess.Popen(command, cwd=APPS, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)  # the launcher and its local Ray, mid-sweep
+    first.wait()
+    done_before = len(log.read_text().splitlines())
+    assert 2 <= done_before < 5
+    second = subprocess.run(command, cwd=APPS, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming sweep resume" in second.stdout + second.stderr
+    executions = sorted(log.read_text().splitlines())
+    assert executions == [f"x={x} seed=0" for x in (0.1, 0.2, 0.3, 0.4, 0.5)]  # each exactly once
+
+
+def test_grid_sweep_trains_pairs_with_the_baseline_and_reuses_it(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = ["train=smoke", "train.figures=false", *SMALL_DATA, f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=sweep"]
+    first = run(["launch.py", "-m", "loss=focal,ghm", "seed=0,1", *common, *places(tmp_path, "grid")], ROOT)
+    assert "loss=ghm" in first.stdout and "95% t interval" in first.stdout
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("sweep").experiment_id
+    parents = client.search_runs([experiment], filter_string="tags.search = 'grid'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.data.metrics["trials_finished"] == 4 and parent.data.metrics["n/loss_ghm"] == 2
+    assert "diff/loss_ghm" in parent.data.metrics
+    assert {"comparison.txt", "sweep.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 4
+    assert {(c.data.tags["param.loss"], c.data.tags["param.seed"]) for c in children} == {
+        ("focal", "0"), ("focal", "1"), ("ghm", "0"), ("ghm", "1")}
+    assert all(c.data.tags["trial_state"] == "finished" and c.info.status == "FINISHED" for c in children)
+    keys = {(c.data.tags["param.loss"], c.data.tags["param.seed"]): c.data.tags["pair_key"] for c in children}
+    assert keys[("focal", "0")] == keys[("ghm", "0")] != keys[("focal", "1")] == keys[("ghm", "1")]
+
+    second = run(["launch.py", "-m", "loss=focal,ghmc_sl1", "seed=0,1", *common, *places(tmp_path, "grid2")], ROOT)
+    assert "baseline {'loss': 'focal', 'seed': 0} reused from MLflow run" in second.stdout + second.stderr
+    parent2 = client.search_runs([experiment], filter_string="tags.search = 'grid'", order_by=["attributes.start_time DESC"])[0]
+    assert parent2.data.metrics["trials_reused"] == 2 and parent2.data.metrics["trials_finished"] == 2
+    assert "loss=ghmc_sl1" in second.stdout
