@@ -55,7 +55,7 @@ class SweepSettings:
     ray_address: str | None = None  # default: RAY_ADDRESS, else an embedded local Ray
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
-    prune: bool = True
+    prune: bool = True  # ASHA in Optuna searches (grids always run every trial to the end)
     grace_period: int = 1
     reduction_factor: int = 2
     max_retries: int = 2  # retries of a trial whose worker died (from its last epoch checkpoint)
@@ -139,7 +139,9 @@ def sweep_name(settings: SweepSettings, space: SearchSpace, mode: str) -> str:
     if settings.study_name:
         return settings.study_name
     definition = {"fixed": sorted(space.fixed), "sweeps": [o.input_line for o in space.sweeps], "mode": mode,
-                  "n_trials": settings.n_trials, "baseline": settings.baseline, "confirm_seeds": settings.confirm_seeds}
+                  "n_trials": settings.n_trials, "baseline": settings.baseline, "confirm_seeds": settings.confirm_seeds,
+                  "metric": settings.metric, "direction": settings.direction, "sampler": str(settings.sampler),
+                  "pruning": [settings.prune, settings.grace_period, settings.reduction_factor]}
     return "sweep-" + hashlib.sha1(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -177,7 +179,7 @@ class SweepEngine:
         try:
             outcomes = self._search(space, mode, name, parent)
             comparisons = self._compare(space, outcomes, name, parent)
-            if self.settings.confirm_seeds > 0 and comparisons:
+            if self.settings.confirm_seeds > 0:
                 outcomes, comparisons = self._confirm(space, outcomes, comparisons, name, parent)
             self._finish(outcomes, comparisons, parent)
         except BaseException as err:
@@ -212,9 +214,10 @@ class SweepEngine:
         trainable = tune.with_resources(tune.with_parameters(_run_trial, job=job),
                                         {"cpu": self.settings.cpus_per_trial, "gpu": self.settings.gpus_per_trial})
         max_t = int(OmegaConf.select(self.config, "train.epochs", default=100)) + 1
+        # Pruning serves searches; a grid is a comparison, and every one of its runs must finish.
         scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=self.settings.grace_period,
                                    reduction_factor=self.settings.reduction_factor)
-                     if self.settings.prune else FIFOScheduler())
+                     if self.settings.prune and grid is None else FIFOScheduler())
         if grid is not None:
             tune_config = tune.TuneConfig(metric=self.settings.metric, mode=self.mode, scheduler=scheduler,
                                           max_concurrent_trials=self.settings.n_jobs, reuse_actors=True)
@@ -341,20 +344,38 @@ class SweepEngine:
             settings.setdefault(label, {})[o.seed] = o.objective
         return [compare(label, values, baseline) for label, values in settings.items() if set(values) & set(baseline)]
 
+    def _best_params(self, outcomes: list[TrialOutcome], comparisons: list[PairedComparison]) -> dict[str, Any] | None:
+        """The best setting's swept values (without the seed): by paired difference, else by objective."""
+        def label(o: TrialOutcome) -> str:
+            return " ".join(f"{k}={v}" for k, v in o.params.items() if k != "seed") or "candidate"
+
+        sign = 1 if self.mode == "max" else -1
+        if comparisons:
+            best = max(comparisons, key=lambda c: sign * c.mean).setting
+            return next(o.params for o in outcomes if not o.baseline and label(o) == best)
+        finished = [o for o in outcomes if o.state == FINISHED and not o.baseline and o.objective is not None]
+        return max(finished, key=lambda o: sign * o.objective).params if finished else None
+
     def _confirm(self, space: SearchSpace, outcomes: list[TrialOutcome], comparisons: list[PairedComparison], name: str,
                  parent: str | None) -> tuple[list[TrialOutcome], list[PairedComparison]]:
-        """Re-run the best setting and the baseline on ``confirm_seeds`` fresh seeds, paired."""
-        best = max(comparisons, key=lambda c: c.mean if self.mode == "max" else -c.mean)
-        params = next(o.params for o in outcomes if " ".join(f"{k}={v}" for k, v in o.params.items() if k != "seed") == best.setting)
+        """Re-run the best setting and the baseline on ``confirm_seeds`` fresh seeds, paired: one noisy trial is no evidence."""
+        params = self._best_params(outcomes, comparisons)
+        if params is None:
+            log.warning("no finished trial to confirm")
+            return outcomes, comparisons
         used = {o.seed for o in outcomes if o.seed is not None}
         start = max(used) + 1 if used else 0
         seeds = list(range(start, start + self.settings.confirm_seeds))
-        key, value = self._baseline_override() or (None, None)
-        grid = [{**{k: v for k, v in params.items() if k != "seed"}, "seed": s} for s in seeds]
-        grid += [{key: value, "seed": s} for s in seeds] if key else []
+        setting = {k: v for k, v in params.items() if k != "seed"}
+        grid = [{**setting, "seed": s} for s in seeds]
+        baseline = self._baseline_override()
+        grid += [{baseline[0]: baseline[1], "seed": s} for s in seeds] if baseline else []
         fixed = tuple(line for line in space.fixed if not line.startswith("seed="))
+        log.info("confirming %s against the baseline on seeds %s", setting, seeds)
         reused, grid = self._reuse_baselines(fixed, grid)
         confirmed = reused + self._fit(f"{name}-confirm", fixed, grid, None, parent, name)
+        for outcome in confirmed:
+            outcome.number += 100_000  # confirmation trials, kept apart from the search's numbers
         return outcomes + confirmed, comparisons + self._compare(space, confirmed, name, parent)
 
     # -- MLflow parent run ------------------------------------------------------------------------
@@ -393,6 +414,8 @@ class SweepEngine:
         table = format_table(comparisons, self.settings.metric) if comparisons else "(no setting could be paired with the baseline)"
         log.info("sweep done: %s", counts)
         print(f"\n{table}\n")
+        if self.tracker:
+            print(f"Browse the runs: mlflow ui --backend-store-uri {self.tracker.tracking_uri}  (parent run {parent})\n")
         if self.tracker and parent:
             for outcome in outcomes:
                 if outcome.mlflow_run_id and outcome.state in (PRUNED, FAILED, FINISHED):

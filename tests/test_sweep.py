@@ -67,7 +67,7 @@ def test_too_many_failures_fail_the_sweep(tmp_path: Path) -> None:
 def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path: Path) -> None:
     log = tmp_path / "executions.txt"
     command = [sys.executable, "curves.py", "-m", "x=0.1,0.2,0.3,0.4,0.5", "hydra.sweeper.n_jobs=1", "hydra.sweeper.study_name=resume",
-               "seconds_per_epoch=1.0", "hydra.sweeper.pruner.enabled=false", f"log={log}", *places(tmp_path, "resume")]
+               "seconds_per_epoch=1.0", f"log={log}", *places(tmp_path, "resume")]
     first = subprocess.Popen(command, cwd=APPS, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
@@ -109,3 +109,25 @@ def test_grid_sweep_trains_pairs_with_the_baseline_and_reuses_it(tmp_path: Path)
     parent2 = client.search_runs([experiment], filter_string="tags.search = 'grid'", order_by=["attributes.start_time DESC"])[0]
     assert parent2.data.metrics["trials_reused"] == 2 and parent2.data.metrics["trials_finished"] == 2
     assert "loss=ghmc_sl1" in second.stdout
+
+
+def test_search_then_confirm_the_best_setting_against_the_baseline_on_fresh_seeds(tmp_path: Path) -> None:
+    result = run(["curves.py", "--config-name", "curves_search", "-m", "hydra.sweeper.study_name=confirm", "hydra.sweeper.n_trials=4",
+                  "hydra.sweeper.confirm_seeds=2", "hydra.sweeper.baseline='loss=baseline'", "hydra.sweeper.pruner.enabled=false",
+                  f"log={tmp_path / 'log'}", *places(tmp_path, "confirm")], APPS)
+    trials = optuna.load_study(study_name="confirm", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    best_x = max(t.params["x"] for t in trials)
+    executions = (tmp_path / "log").read_text().splitlines()
+    assert sorted(executions[4:]) == sorted([f"x={best_x} seed=1", f"x={best_x} seed=2", "x=1.0 seed=1", "x=1.0 seed=2"])
+    row = next(line for line in result.stdout.splitlines() if line.startswith(f"x={best_x}"))
+    n, candidate, baseline, diff = row.split()[1:5]
+    assert int(n) == 2 and abs(float(candidate) - best_x) < 1e-4 and float(baseline) == 0.5
+    assert abs(float(diff) - (best_x - 0.5)) < 1e-4
+
+
+def test_a_trial_whose_worker_dies_is_retried(tmp_path: Path) -> None:
+    log = tmp_path / "executions.txt"
+    run(["curves.py", "-m", "x=0.1,0.2", "hydra.sweeper.n_jobs=1", f"die_once={tmp_path / 'died'}", f"log={log}",
+         "hydra.sweeper.ray.max_retries=1", *places(tmp_path, "die")], APPS)
+    assert (tmp_path / "died").exists()  # the first attempt's worker did die
+    assert sorted(log.read_text().splitlines()) == ["x=0.1 seed=0", "x=0.2 seed=0"]  # retried, and finished once each

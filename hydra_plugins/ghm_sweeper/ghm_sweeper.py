@@ -42,7 +42,7 @@ class RaySettings:
 
 @dataclass
 class PrunerSettings:
-    enabled: bool = True  # ASHA on the per-epoch objective
+    enabled: bool = True  # ASHA on the per-epoch objective, in Optuna searches (grids run every trial to the end)
     grace_period: int = 1
     reduction_factor: int = 2
 

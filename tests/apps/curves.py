@@ -1,9 +1,12 @@
 """A cheap task with learning curves for sweeper tests: reports an objective per epoch, like launch.py.
 
-The curve of setting ``x`` rises to ``x`` over ``epochs`` epochs; ``fail_above`` makes larger
-``x`` raise; every execution appends a line to ``<log>`` so tests can count executions.
+The curve of setting ``x`` rises to ``x`` over ``epochs`` epochs (to 0.5 for ``loss=baseline``); ``fail_above`` makes larger
+``x`` raise; every execution appends a line to ``<log>`` so tests can count executions;
+``busy_seconds`` of CPU work and ``+mlflow_uri`` (a run per trial) serve the sweep benchmark;
+``die_once=<file>`` kills the worker process the first time (a Ray worker death).
 """
 
+import os
 import time
 from pathlib import Path
 
@@ -11,21 +14,33 @@ import hydra
 from omegaconf import DictConfig
 
 from ghm import trial
+from ghm.tracking import RunTracker
 
 
 @hydra.main(version_base=None, config_path=".", config_name="curves")
 def curves(cfg: DictConfig) -> float:
+    if cfg.die_once and not Path(cfg.die_once).exists():  # the worker process dies (once), mid-trial
+        Path(cfg.die_once).touch()
+        os._exit(1)
     if cfg.fail_above is not None and cfg.x > cfg.fail_above:
         raise ValueError(f"x={cfg.x} is above {cfg.fail_above}")
     context = trial.current()
+    busy_until = time.process_time() + cfg.busy_seconds
+    while time.process_time() < busy_until:  # single-thread CPU work, for the concurrency benchmark
+        pass
     value = 0.0
     for epoch in range(1, cfg.train.epochs + 1):
         time.sleep(cfg.seconds_per_epoch)
-        value = cfg.x * epoch / cfg.train.epochs
+        value = (0.5 if cfg.loss == "baseline" else cfg.x) * epoch / cfg.train.epochs
         if context:
             context.on_epoch(epoch, {"objective": value}, None)
     with Path(cfg.log).open("a") as log:
         log.write(f"x={cfg.x} seed={cfg.seed}\n")
+    if cfg.get("mlflow_uri"):  # one tracked run per trial, as launch.py makes (overhead benchmark)
+        tracker = RunTracker(cfg.mlflow_uri, "curves")
+        with tracker.start(run_id=None, run_name=None, tags={}, config=cfg,
+                           parent_run_id=context.parent_run_id if context else None):
+            tracker.log_metrics({"objective": value}, step=cfg.train.epochs)
     return value
 
 
