@@ -178,7 +178,7 @@ class SweepEngine:
         parent = self._start_parent(name, space, mode)
         try:
             outcomes = self._search(space, mode, name, parent)
-            comparisons = self._compare(space, outcomes, name, parent)
+            comparisons = self._compare(outcomes)
             if self.settings.confirm_seeds > 0:
                 outcomes, comparisons = self._confirm(space, outcomes, comparisons, name, parent)
             self._finish(outcomes, comparisons, parent)
@@ -251,7 +251,8 @@ class SweepEngine:
             outcomes.append(TrialOutcome(number=number, params=params, state=state, objective=objective,
                                          seed=self._seed(fixed, params), baseline=self._is_baseline(params),
                                          mlflow_run_id=metrics.get("mlflow_run_id") or None, error=error))
-        ray.shutdown() if not self._external_ray() else None
+        if not self._external_ray():
+            ray.shutdown()
         return sorted(outcomes, key=lambda o: o.number)
 
     def _optuna_search(self, space: SearchSpace, name: str) -> Any:
@@ -331,7 +332,7 @@ class SweepEngine:
                                         order_by=["attributes.start_time DESC"])
         return runs[0] if runs else None
 
-    def _compare(self, space: SearchSpace, outcomes: list[TrialOutcome], name: str, parent: str | None) -> list[PairedComparison]:
+    def _compare(self, outcomes: list[TrialOutcome]) -> list[PairedComparison]:
         """Each setting (the swept values but the seed) against the baseline, seed by seed."""
         baseline = {o.seed: o.objective for o in outcomes if o.baseline and o.objective is not None and o.state in (FINISHED, REUSED)}
         if not baseline:
@@ -376,7 +377,7 @@ class SweepEngine:
         confirmed = reused + self._fit(f"{name}-confirm", fixed, grid, None, parent, name)
         for outcome in confirmed:
             outcome.number += 100_000  # confirmation trials, kept apart from the search's numbers
-        return outcomes + confirmed, comparisons + self._compare(space, confirmed, name, parent)
+        return outcomes + confirmed, comparisons + self._compare(confirmed)
 
     # -- MLflow parent run ------------------------------------------------------------------------
 
