@@ -85,8 +85,8 @@ class _Density(nn.Module):
         self.stats: DensityStats | None = None
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> _Density:
-        # ``.half()`` / ``.to(dtype)`` must not turn the EMA of counts (often > 65504) or the edges
-        # into fp16: buffers follow device changes only.
+        # ``.half()`` / ``.to(dtype)`` must not turn the EMA of counts (often > 65504) into fp16:
+        # buffers follow device changes only.
         kept = dict(self._buffers)
         super()._apply(fn, recurse)
         for name, old in kept.items():
@@ -165,9 +165,6 @@ class ExactDensity(_Density):
     valid element is ``tot / GD(g)`` (``beta = N / GD``). One sort and two searches of the sorted
     values: O(N log N) instead of the O(N^2) pairwise comparison. Has no EMA.
     """
-
-    def __init__(self, bins: int = 30, dist_reduce: bool = True) -> None:
-        super().__init__(bins, dist_reduce)
 
     def forward(self, g: Tensor, valid: Tensor, tot: Tensor) -> tuple[Tensor, Tensor]:
         """Per-element weights (dtype of ``g``) and ``tot`` for float32 or float64 ``g`` in [0, 1]."""

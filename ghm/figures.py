@@ -38,7 +38,7 @@ def gradient_norm_histogram(g: Tensor, valid: Tensor, *, title: str, bins: int =
     fig = Figure(figsize=(5.0, 3.6), layout="constrained")
     ax = fig.add_subplot()
     counts, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
-    ax.bar(edges[:-1], np.maximum(counts, 0), width=np.diff(edges), align="edge", color="tab:blue", edgecolor="white")
+    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="tab:blue", edgecolor="white")
     ax.set_yscale("log")
     ax.set_xlim(0.0, 1.0)
     ax.set_xlabel("gradient norm g")

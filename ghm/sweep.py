@@ -193,8 +193,8 @@ class SweepEngine:
         if mode == "grid":
             grid = space.grid()
             reused, grid = self._reuse_baselines(space.fixed, grid)
-            return reused + self._fit(f"{name}", space.fixed, grid, None, parent, name)
-        return self._fit(f"{name}", space.fixed, None, space, parent, name)
+            return reused + self._fit(name, space.fixed, grid, None, parent, name)
+        return self._fit(name, space.fixed, None, space, parent, name)
 
     def _fit(self, experiment: str, fixed: tuple[str, ...], grid: list[dict[str, Any]] | None, space: SearchSpace | None,
              parent: str | None, name: str) -> list[TrialOutcome]:

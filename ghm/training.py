@@ -163,8 +163,9 @@ class Trainer:
         ).to(self.device)
         self.ddp = DistributedDataParallel(self.model) if self.world > 1 else None
         lr = self.train_cfg.lr * self.train_cfg.batch_size / self.train_cfg.lr_reference_batch
-        decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.ndim > 1]
-        no_decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.ndim <= 1]
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in trainable if p.ndim > 1]  # no weight decay on biases and norm parameters
+        no_decay = [p for p in trainable if p.ndim <= 1]
         self.optimizer = torch.optim.SGD([{"params": decay, "weight_decay": self.train_cfg.weight_decay},
                                           {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=self.train_cfg.momentum)
         self.amp = self.train_cfg.amp and self.device.type == "cuda"
