@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: main test bench
+.PHONY: main test bench dashboard
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -22,3 +22,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_losses.py
 	$(VENV)/bin/python benchmarks/bench_training.py
+
+# The comparison dashboard of the latest sweep of an experiment (EXPERIMENT=ghm_vs_focal by default).
+EXPERIMENT ?= ghm_vs_focal
+dashboard: $(STAMP)
+	$(VENV)/bin/python -m ghm.dashboard --experiment $(EXPERIMENT)

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from ghm import trial
 from ghm.config import ConfigError, register, validate
+from ghm.tracking import default_tracking_uri
 from ghm.training import Trainer
 
 register()
@@ -34,7 +35,7 @@ def main(cfg: DictConfig) -> float:
     log.info("%s: %s", run.loss.family, summary)
     if context is None:
         log.info("MLflow run %s -- browse with: mlflow ui --backend-store-uri %s", result.run_id,
-                 run.mlflow.tracking_uri or "sqlite:///mlflow.db")
+                 run.mlflow.tracking_uri or default_tracking_uri())
     return result.metrics["mAP"]
 
 

@@ -152,7 +152,7 @@ class TrainConfig:
 
 @dataclass
 class MlflowConfig:
-    tracking_uri: str | None = None  # null: the embedded SQLite store mlflow.db in the project directory
+    tracking_uri: str | None = None  # null: MLFLOW_TRACKING_URI, else the embedded SQLite store mlflow.db in the project directory
     experiment_name: str = "ghm"
     run_name: str | None = None
 

@@ -45,7 +45,7 @@ class SweepSettings:
     search: str = "auto"  # auto: optuna when hydra.sweeper.params sweeps anything, else a grid of the command line
     sampler: Any = None  # an instantiable Optuna sampler config (``_target_``)
     direction: str = "maximize"
-    storage: str | None = None  # Optuna RDB URL; default: sqlite optuna.db in the project directory
+    storage: str | None = None  # Optuna RDB URL; default: OPTUNA_STORAGE, else sqlite optuna.db in the project directory
     study_name: str | None = None  # default: derived from the sweep's definition (same command, same study)
     n_trials: int = 20
     n_jobs: int = 2
@@ -115,6 +115,8 @@ def _run_trial(tune_config: dict[str, Any], job: _Job) -> None:
         config.hydra.job.num = number
     HydraConfig.instance().set_config(config)
     tags = {"sweep": job.sweep_name, "trial": str(number), **{f"param.{k}": str(v) for k, v in params.items()}}
+    if OmegaConf.select(config, "mlflow.run_name", default=None) is None:  # named after what it tries, in MLflow's UI
+        tags["mlflow.runName"] = f"{number}: " + (" ".join(f"{k}={v}" for k, v in params.items()) or "trial")
     context = trial.TrialContext(number=number, params=params, parent_run_id=job.parent_run_id, report=tune.report, tags=tags)
     with trial.active(context):
         result = run_job(hydra_context=job.hydra_context, task_function=job.task_function, config=config,
@@ -255,6 +257,9 @@ class SweepEngine:
             ray.shutdown()
         return sorted(outcomes, key=lambda o: o.number)
 
+    def _optuna_storage(self) -> str:
+        return self.settings.storage or os.environ.get("OPTUNA_STORAGE") or f"sqlite:///{PROJECT_DIR / 'optuna.db'}"
+
     def _optuna_search(self, space: SearchSpace, name: str) -> Any:
         import optuna
         from ray.tune.search.optuna import OptunaSearch
@@ -278,8 +283,7 @@ class SweepEngine:
                     super().on_trial_complete(trial_id, result, error)
 
         sampler = instantiate(self.settings.sampler) if self.settings.sampler else None
-        url = self.settings.storage or f"sqlite:///{PROJECT_DIR / 'optuna.db'}"
-        storage = optuna.storages.RDBStorage(url)
+        storage = optuna.storages.RDBStorage(self._optuna_storage())
         return StateAwareOptunaSearch(space=space.distributions(), metric=self.settings.metric, mode=self.mode,
                                       sampler=sampler, study_name=name, storage=storage)
 
@@ -402,10 +406,10 @@ class SweepEngine:
             self.tracker.update_run(run_id, status="RUNNING")
             return run_id
         run = self.tracker.create_run(self.experiment_id, run_name=name, tags={"sweep_parent": name, "search": mode})
-        params = {"search": mode, "direction": self.settings.direction, "n_trials": self.settings.n_trials,
+        params = {"search": mode, "metric": self.settings.metric, "direction": self.settings.direction, "n_trials": self.settings.n_trials,
                   "n_jobs": self.settings.n_jobs, "baseline": self.settings.baseline, "study_name": name,
                   **{f"space.{o.get_key_element()}": o.input_line.split("=", 1)[1] for o in space.sweeps},
-                  **{f"fixed.{line.split('=', 1)[0]}": line.split("=", 1)[1] for line in space.fixed}}
+                  **{f"fixed.{line.split('=', 1)[0].lstrip('+~')}": line.split("=", 1)[1] for line in space.fixed}}
         for key, value in params.items():
             self.tracker.log_param(run.info.run_id, key, str(value)[:6000])
         return run.info.run_id
@@ -434,11 +438,27 @@ class SweepEngine:
             self.tracker.log_text(parent, table, "comparison.txt")
             self.tracker.log_dict(parent, {"trials": [o.__dict__ for o in outcomes], "comparisons": [c.__dict__ for c in comparisons]},
                                   "sweep.json")
+            self._dashboard(parent)
             self.tracker.set_terminated(parent, "FINISHED")
         total = len([o for o in outcomes if o.state != REUSED])
         if total and counts[FAILED] / total > self.settings.max_failure_rate:
             raise RuntimeError(f"{counts[FAILED]} of {total} trials failed, above hydra.sweeper.max_failure_rate="
                                f"{self.settings.max_failure_rate}: see the trials' errors above")
+
+    def _dashboard(self, parent: str) -> None:
+        """Build the sweep's dashboard and log it on the parent run; a failure is reported, the sweep's records stay."""
+        from ghm.dashboard import build_dashboard
+
+        name = self.tracker.get_run(parent).data.tags["sweep_parent"]
+        try:
+            path = build_dashboard(self.config.mlflow.experiment_name, name, tracking_uri=self.tracker.tracking_uri,
+                                   optuna_storage=self._optuna_storage(), output=Path(self.config.hydra.sweep.dir) / "dashboard.html")
+            self.tracker.log_artifact(parent, str(path))
+        except Exception as err:
+            log.exception("the sweep's dashboard could not be built")
+            self.tracker.set_tag(parent, "dashboard_error", f"{type(err).__name__}: {err}"[:5000])
+            return
+        print(f"Dashboard: {path.resolve()}  (also the artifact dashboard.html of parent run {parent})\n")
 
     # -- Ray ---------------------------------------------------------------------------------------
 
@@ -453,6 +473,7 @@ class SweepEngine:
         if self._external_ray():
             ray.init(address=self.settings.ray_address or os.environ["RAY_ADDRESS"])
         else:
-            ray.init(include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(PROJECT_DIR)}},
+            # "local": a new instance even where a cluster started by `ray start` runs on this machine.
+            ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(PROJECT_DIR)}},
                      log_to_driver=True, configure_logging=False)
 

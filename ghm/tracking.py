@@ -1,14 +1,16 @@
 """MLflow tracking of one training run: params, tags, per-epoch metrics, figures, evaluation, status.
 
-By default runs go to an embedded store in the project directory (``mlflow.db`` with artifacts
-under ``mlartifacts/``), which ``mlflow ui --backend-store-uri sqlite:///mlflow.db`` browses; any
-tracking server works through ``mlflow.tracking_uri``. A run that raises ends FAILED with its error.
+By default runs go to ``MLFLOW_TRACKING_URI`` when it is set (a cluster's tracking server), else
+to an embedded store in the project directory (``mlflow.db`` with artifacts under ``mlartifacts/``),
+which ``mlflow ui --backend-store-uri sqlite:///mlflow.db`` browses; ``mlflow.tracking_uri`` overrides both.
+A run that raises ends FAILED with its error.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import time
 import traceback
@@ -27,7 +29,8 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
 def default_tracking_uri() -> str:
-    return f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"
+    """MLflow's own convention first (``MLFLOW_TRACKING_URI``, set on cluster nodes), else the embedded store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"
 
 
 def code_version() -> str:
@@ -69,8 +72,8 @@ def experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     location = (PROJECT_DIR / "mlartifacts" / name).as_uri() if tracking_uri.startswith("sqlite:///") else None
-    try:
-        return client.create_experiment(name, artifact_location=location)
+    try:  # the kind makes MLflow's UI open the experiment on its training runs (not its GenAI traces)
+        return client.create_experiment(name, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"})
     except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent run
         experiment = client.get_experiment_by_name(name)
         if experiment is None:

@@ -1,17 +1,19 @@
 """A cheap task with learning curves for sweeper tests: reports an objective per epoch, like launch.py.
 
 The curve of setting ``x`` rises to ``x`` over ``epochs`` epochs (to 0.5 for ``loss=baseline``); ``fail_above`` makes larger
-``x`` raise; every execution appends a line to ``<log>`` so tests can count executions;
-``busy_seconds`` of CPU work and ``+mlflow_uri`` (a run per trial) serve the sweep benchmark;
+``x`` raise; every execution appends its process id to ``<log>.started`` when it starts and a line to ``<log>`` when it
+ends, so tests can count executions and find the Ray node running one; ``busy_seconds`` of CPU work and ``+mlflow_uri``
+(a run per trial, the objective logged every epoch, as launch.py does) serve the sweep benchmark and the cluster tests;
 ``die_once=<file>`` kills the worker process the first time (a Ray worker death).
 """
 
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ghm import trial
 from ghm.tracking import RunTracker
@@ -24,7 +26,20 @@ def curves(cfg: DictConfig) -> float:
         os._exit(1)
     if cfg.fail_above is not None and cfg.x > cfg.fail_above:
         raise ValueError(f"x={cfg.x} is above {cfg.fail_above}")
+    with Path(f"{cfg.log}.started").open("a") as started:
+        started.write(f"{os.getpid()}\n")
     context = trial.current()
+    experiment = OmegaConf.select(cfg, "mlflow.experiment_name", default="curves")  # the sweep's parent run is there too
+    tracker = RunTracker(cfg.mlflow_uri, experiment) if cfg.get("mlflow_uri") else None
+    with (tracker.start(run_id=None, run_name=None, tags={}, config=cfg, parent_run_id=context.parent_run_id if context else None)
+          if tracker else nullcontext()):
+        value = _learn(cfg, context, tracker)
+    with Path(cfg.log).open("a") as log:
+        log.write(f"x={cfg.x} seed={cfg.seed}\n")
+    return value
+
+
+def _learn(cfg: DictConfig, context: trial.TrialContext | None, tracker: RunTracker | None) -> float:
     busy_until = time.process_time() + cfg.busy_seconds
     while time.process_time() < busy_until:  # single-thread CPU work, for the concurrency benchmark
         pass
@@ -32,15 +47,10 @@ def curves(cfg: DictConfig) -> float:
     for epoch in range(1, cfg.train.epochs + 1):
         time.sleep(cfg.seconds_per_epoch)
         value = (0.5 if cfg.loss == "baseline" else cfg.x) * epoch / cfg.train.epochs
+        if tracker:
+            tracker.log_metrics({"objective": value}, step=epoch)
         if context:
-            context.on_epoch(epoch, {"objective": value}, None)
-    with Path(cfg.log).open("a") as log:
-        log.write(f"x={cfg.x} seed={cfg.seed}\n")
-    if cfg.get("mlflow_uri"):  # one tracked run per trial, as launch.py makes (overhead benchmark)
-        tracker = RunTracker(cfg.mlflow_uri, "curves")
-        with tracker.start(run_id=None, run_name=None, tags={}, config=cfg,
-                           parent_run_id=context.parent_run_id if context else None):
-            tracker.log_metrics({"objective": value}, step=cfg.train.epochs)
+            context.on_epoch(epoch, {"objective": value}, tracker.run_id if tracker else None)
     return value
 
 

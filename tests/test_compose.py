@@ -1,0 +1,129 @@
+"""docker-compose.yml, checked statically (no Docker engine runs here): the Compose schema and the security defaults."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+COMPOSE = ROOT / "docker-compose.yml"
+SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
+INTERPOLATION = re.compile(r"\$\{(\w+)(?::?[-?][^}]*)?\}")
+SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|_KEY$")
+
+
+def env_example() -> dict[str, str]:
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """What docker compose does with ${VAR}, ${VAR:-default} and ${VAR:?error}; $$ stays a literal $."""
+    def value(match: re.Match) -> str:
+        name, rest = match.group(1), match.group(0)[len(match.group(1)) + 2:-1]
+        if env.get(name):
+            return env[name]
+        return rest[2:] if rest.startswith(":-") else ""
+    return INTERPOLATION.sub(value, text.replace("$$", "\0")).replace("\0", "$")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    return compose["services"]
+
+
+def test_the_file_and_its_interpolated_form_validate_against_the_compose_schema(compose: dict[str, Any]) -> None:
+    validator = jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))
+    validator.validate(compose)
+    validator.validate(yaml.safe_load(interpolate(COMPOSE.read_text(), env_example())))
+    with pytest.raises(jsonschema.ValidationError):  # the check can fail: a wrong type is caught
+        validator.validate({**compose, "services": {"x": {"ports": {"8080": "8080"}}}})
+
+
+def test_the_stack_has_the_services_of_the_cluster(services: dict[str, Any]) -> None:
+    assert {"postgres", "mlflow", "ray-head", "ray-worker", "optuna-dashboard", "launcher"} <= set(services)
+
+
+def published_ports(service: dict[str, Any]) -> list[tuple[str | None, str]]:
+    ports = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            ports.append((port.get("host_ip"), str(port.get("published"))))
+        else:
+            parts = str(port).split(":")
+            ports.append((parts[0] if len(parts) == 3 else None, parts[-2] if len(parts) >= 2 else parts[0]))
+    return ports
+
+
+def test_every_published_port_is_bound_to_localhost(services: dict[str, Any]) -> None:
+    published = {name: published_ports(s) for name, s in services.items()}
+    assert published["mlflow"] and published["ray-head"] and published["optuna-dashboard"]
+    for name, ports in published.items():
+        for host_ip, port in ports:
+            assert host_ip == "127.0.0.1", f"{name} publishes {port} on {host_ip or 'every interface'}"
+    for name in ("postgres", "ray-worker", "launcher"):
+        assert not published[name], f"{name} needs no published port"
+
+
+def test_ray_token_authentication_is_on_for_every_ray_process(services: dict[str, Any]) -> None:
+    for name in ("ray-head", "ray-worker", "launcher"):
+        env = services[name]["environment"]
+        assert env["RAY_AUTH_MODE"] == "token", name
+        assert INTERPOLATION.fullmatch(env["RAY_AUTH_TOKEN"]).group(1) == "RAY_AUTH_TOKEN", name
+
+
+def test_no_secret_is_written_in_the_file(services: dict[str, Any]) -> None:
+    text = COMPOSE.read_text()
+    for url in re.findall(r"\w+(?:\+\w+)?://[^\s\"']+", text):  # credentials in URLs come from the environment
+        userinfo = url.split("://", 1)[1].split("@")[0] if "@" in url else ""
+        if ":" in userinfo:
+            assert userinfo.split(":", 1)[1].startswith("${"), url
+    for name, service in services.items():
+        env = service.get("environment", {})
+        assert isinstance(env, dict), f"{name}: environment as a mapping"
+        for key, value in env.items():
+            if SECRET_NAME.search(key):
+                match = INTERPOLATION.fullmatch(str(value))
+                assert match and ":-" not in value.replace(":-}", ""), f"{name}: {key} must come from .env without a default"
+    referenced = set(INTERPOLATION.findall(text.replace("$$", "")))  # $${...} is the container shell's
+    assert referenced <= set(env_example()), f".env.example lacks {referenced - set(env_example())}"
+    assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_workers_reserve_gpus_and_every_ray_process_runs_the_same_image(services: dict[str, Any]) -> None:
+    devices = services["ray-worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+    assert services["ray-worker"]["shm_size"]
+    images = {(services[n]["image"], json.dumps(services[n].get("build"), sort_keys=True)) for n in ("ray-head", "ray-worker", "launcher")}
+    assert len(images) == 1 and services["ray-head"].get("build"), images
+    assert "--num-gpus=0" in services["ray-head"]["command"]
+    assert "scale" not in services["ray-worker"] and "container_name" not in services["ray-worker"]  # --scale works
+
+
+def test_mlflow_is_served_safely_and_services_wait_for_health(services: dict[str, Any]) -> None:
+    mlflow = services["mlflow"]
+    command = " ".join(mlflow["command"])
+    hosts = re.search(r"--allowed-hosts (\S+)", command).group(1).split(",")
+    assert "mlflow" in hosts and "mlflow:5000" in hosts
+    assert mlflow["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert "postgresql" in mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"] and "--serve-artifacts" in command
+    assert any(v.split(":")[0] == "mlflow-artifacts" for v in mlflow["volumes"])
+    assert any(v.split(":")[0] == "postgres-data" for v in services["postgres"]["volumes"])
+    for name in ("postgres", "mlflow", "ray-head", "optuna-dashboard"):
+        assert services[name]["healthcheck"]["test"], name
+    assert services["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["ray-worker"]["depends_on"]["ray-head"]["condition"] == "service_healthy"
+    shared = [{v.split(":")[0] for v in services[n]["volumes"]} for n in ("ray-head", "ray-worker", "launcher")]
+    assert set.intersection(*shared) == {"shared"}
+    assert "hydra.sweeper.ray.storage_path=/shared/ray_results" in services["launcher"]["entrypoint"]
