@@ -94,7 +94,8 @@ def load_sweep(client: MlflowClient, experiment: str, sweep: str | None = None) 
     query = f"tags.sweep_parent = '{sweep}'" if sweep else "tags.sweep_parent != ''"
     parents = client.search_runs([found.experiment_id], filter_string=query, max_results=1, order_by=["attributes.start_time DESC"])
     if not parents:
-        raise DashboardError(f"no sweep {sweep or ''} in experiment {experiment!r} at {client.tracking_uri}".replace("  ", " "))
+        what = f"sweep {sweep!r}" if sweep else "sweep"
+        raise DashboardError(f"no {what} in experiment {experiment!r} at {client.tracking_uri}")
     parent = parents[0]
     record = _download_json(client, parent.info.run_id, "sweep.json")
     params = parent.data.params
