@@ -34,6 +34,7 @@ from mlflow.tracking import MlflowClient
 from plotly.offline import get_plotlyjs
 from scipy import stats
 
+from ghm.sweep import setting_label
 from ghm.tracking import PROJECT_DIR, default_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -82,10 +83,6 @@ class SweepRecord:
     settings: dict[str, Setting]
 
 
-def _label(params: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in params.items() if k != "seed") or "candidate"
-
-
 def load_sweep(client: MlflowClient, experiment: str, sweep: str | None = None) -> SweepRecord:
     """The named sweep of ``experiment`` (its ``sweep_parent`` tag), or its latest one."""
     found = client.get_experiment_by_name(experiment)
@@ -101,7 +98,7 @@ def load_sweep(client: MlflowClient, experiment: str, sweep: str | None = None) 
     params = parent.data.params
     settings: dict[str, Setting] = {}
     for trial in record["trials"]:
-        label = _label(trial["params"])
+        label = setting_label(trial["params"])
         setting = settings.setdefault(label, Setting(label, trial["baseline"]))
         setting.states[trial["state"]] = setting.states.get(trial["state"], 0) + 1
         if trial["state"] in ("finished", "reused") and trial["objective"] is not None and trial["seed"] is not None:
@@ -359,7 +356,7 @@ def _trials_html(record: SweepRecord) -> str:
     rows = []
     for trial in sorted(record.trials, key=lambda t: t["number"]):
         colour = STATE_COLOURS.get(trial["state"], "#666")
-        rows.append(f"<tr><td>{trial['number']}</td><td>{html.escape(_label(trial['params']))}</td><td>{trial['seed']}</td>"
+        rows.append(f"<tr><td>{trial['number']}</td><td>{html.escape(setting_label(trial['params']))}</td><td>{trial['seed']}</td>"
                     f'<td><span class="state" style="background:{colour}">{trial["state"]}</span></td>'
                     f"<td>{_number(trial['objective'])}</td><td>{html.escape(trial.get('error') or '')}</td></tr>")
     return ('<section><h2>Trials</h2><table id="trials"><thead><tr><th>#</th><th>setting</th><th>seed</th><th>state</th>'

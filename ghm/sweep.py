@@ -136,6 +136,11 @@ def _run_trial(tune_config: dict[str, Any], job: _Job) -> None:
     tune.report(final)
 
 
+def setting_label(params: dict[str, Any]) -> str:
+    """What a trial tries, as its swept values but the seed: trials with the same label are one setting."""
+    return " ".join(f"{k}={v}" for k, v in params.items() if k != "seed") or "candidate"
+
+
 def sweep_name(settings: SweepSettings, space: SearchSpace, mode: str) -> str:
     """A stable name for this sweep's definition, so the same command finds (and resumes) it."""
     if settings.study_name:
@@ -183,7 +188,7 @@ class SweepEngine:
             comparisons = self._compare(outcomes)
             if self.settings.confirm_seeds > 0:
                 outcomes, comparisons = self._confirm(space, outcomes, comparisons, name, parent)
-            self._finish(outcomes, comparisons, parent)
+            self._finish(outcomes, comparisons, parent, name)
         except BaseException as err:
             if self.tracker and parent:
                 self.tracker.set_tag(parent, "error", f"{type(err).__name__}: {err}"[:5000])
@@ -345,19 +350,16 @@ class SweepEngine:
         for o in outcomes:
             if o.baseline or o.objective is None or o.state != FINISHED or o.seed is None:
                 continue
-            label = " ".join(f"{k}={v}" for k, v in o.params.items() if k != "seed") or "candidate"
+            label = setting_label(o.params)
             settings.setdefault(label, {})[o.seed] = o.objective
         return [compare(label, values, baseline) for label, values in settings.items() if set(values) & set(baseline)]
 
     def _best_params(self, outcomes: list[TrialOutcome], comparisons: list[PairedComparison]) -> dict[str, Any] | None:
         """The best setting's swept values (without the seed): by paired difference, else by objective."""
-        def label(o: TrialOutcome) -> str:
-            return " ".join(f"{k}={v}" for k, v in o.params.items() if k != "seed") or "candidate"
-
         sign = 1 if self.mode == "max" else -1
         if comparisons:
             best = max(comparisons, key=lambda c: sign * c.mean).setting
-            return next(o.params for o in outcomes if not o.baseline and label(o) == best)
+            return next(o.params for o in outcomes if not o.baseline and setting_label(o.params) == best)
         finished = [o for o in outcomes if o.state == FINISHED and not o.baseline and o.objective is not None]
         return max(finished, key=lambda o: sign * o.objective).params if finished else None
 
@@ -414,7 +416,7 @@ class SweepEngine:
             self.tracker.log_param(run.info.run_id, key, str(value)[:6000])
         return run.info.run_id
 
-    def _finish(self, outcomes: list[TrialOutcome], comparisons: list[PairedComparison], parent: str | None) -> None:
+    def _finish(self, outcomes: list[TrialOutcome], comparisons: list[PairedComparison], parent: str | None, name: str) -> None:
         counts = {s: sum(o.state == s for o in outcomes) for s in (FINISHED, PRUNED, FAILED, REUSED)}
         table = format_table(comparisons, self.settings.metric) if comparisons else "(no setting could be paired with the baseline)"
         log.info("sweep done: %s", counts)
@@ -438,18 +440,17 @@ class SweepEngine:
             self.tracker.log_text(parent, table, "comparison.txt")
             self.tracker.log_dict(parent, {"trials": [o.__dict__ for o in outcomes], "comparisons": [c.__dict__ for c in comparisons]},
                                   "sweep.json")
-            self._dashboard(parent)
+            self._dashboard(parent, name)
             self.tracker.set_terminated(parent, "FINISHED")
         total = len([o for o in outcomes if o.state != REUSED])
         if total and counts[FAILED] / total > self.settings.max_failure_rate:
             raise RuntimeError(f"{counts[FAILED]} of {total} trials failed, above hydra.sweeper.max_failure_rate="
                                f"{self.settings.max_failure_rate}: see the trials' errors above")
 
-    def _dashboard(self, parent: str) -> None:
+    def _dashboard(self, parent: str, name: str) -> None:
         """Build the sweep's dashboard and log it on the parent run; a failure is reported, the sweep's records stay."""
         from ghm.dashboard import build_dashboard
 
-        name = self.tracker.get_run(parent).data.tags["sweep_parent"]
         try:
             path = build_dashboard(self.config.mlflow.experiment_name, name, tracking_uri=self.tracker.tracking_uri,
                                    optuna_storage=self._optuna_storage(), output=Path(self.config.hydra.sweep.dir) / "dashboard.html")
