@@ -148,9 +148,8 @@ class NativeCluster:
         self.save_state()
 
     def stop(self) -> None:
-        """Stop every started process group (last started first), then remove Ray's temp dir."""
-        for component in reversed(self.components):
-            stop_process_group(component.pid)
+        """Stop every started process group and its descendants, then remove Ray's temp dir."""
+        stop_process_groups([c.pid for c in self.components])
         self.components.clear()
         subprocess.run(["rm", "-rf", self.temp_dir], check=False)
         (self.spec.workdir / STATE_FILE).unlink(missing_ok=True)
@@ -323,18 +322,27 @@ class NativeCluster:
 
 
 def stop_process_group(pid: int, grace: float = 15) -> None:
-    """Stop the process group led by ``pid`` and every descendant (Ray starts its workers in sessions of their own):
-    SIGTERM, then SIGKILL whatever is left after ``grace`` seconds."""
+    """Stop the process group led by ``pid`` and every descendant; see :func:`stop_process_groups`."""
+    stop_process_groups([pid], grace)
+
+
+def stop_process_groups(pids: list[int], grace: float = 15) -> None:
+    """Stop the process groups led by ``pids`` and all their descendants (Ray starts its workers in sessions of
+    their own), all at once: SIGTERM, then SIGKILL whatever is left after ``grace`` seconds."""
+    def alive() -> set[int]:
+        return set().union(*(_tree(pid) for pid in pids))
+
     if grace > 0:
-        _signal_all(_tree(pid), signal.SIGTERM)
+        _signal_all(alive(), signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and _tree(pid):
+        while time.monotonic() < deadline and alive():
             time.sleep(0.2)
-    while members := _tree(pid):
+    while members := alive():
         _signal_all(members, signal.SIGKILL)
         time.sleep(0.1)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)  # reap it when this process started it
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)  # reap the leaders this process started
 
 
 def _tree(pgid: int) -> set[int]:
@@ -410,15 +418,22 @@ def main(argv: list[str] | None = None) -> None:
     if args.detach:
         print(f"stop it with: python -m ghm.cluster down --workdir {spec.workdir}")
         return
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the cluster as Ctrl-C does
     try:
         print("Ctrl-C stops it.", flush=True)
         signal.pause()
     except KeyboardInterrupt:
         pass
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not leave half a cluster running
+            signal.signal(sig, signal.SIG_IGN)
+        print("stopping the cluster ...", flush=True)
         cluster.stop()
         print("cluster stopped")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
