@@ -8,6 +8,7 @@ optuna-dashboard. Every sweep is launched by a separate driver process, as a use
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import subprocess
 import sys
@@ -78,6 +79,8 @@ def test_a_sweep_from_a_separate_driver_runs_on_the_cluster(cluster: NativeClust
     assert len(states) == 4 and set(states) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert completed and all(abs(t.value - t.params["x"]) < 1e-9 for t in completed)
+    with urllib.request.urlopen(f"{cluster.optuna_url}/api/studies", timeout=30) as answer:  # optuna-dashboard shows it
+        assert name in {s["study_name"] for s in json.loads(answer.read())["study_summaries"]}
 
     client = MlflowClient(cluster.mlflow_uri)  # the runs are on the tracking server
     parent, children = child_runs(client, name)
