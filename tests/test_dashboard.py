@@ -223,5 +223,14 @@ def test_an_mlflow_server_shows_the_sweep_its_runs_metrics_and_dashboard(grid: d
             assert name.split(": ", 1)[1] in {"loss=focal seed=0", "loss=focal seed=1", "loss=ghm seed=0", "loss=ghm seed=1"}
             page.get_by_text(name).first.wait_for(timeout=30_000)
         screenshot(page, tmp_path, "mlflow_ui.png")
+
+        # The dashboard opens from the UI: the parent run's artifact view renders it, plots included.
+        page, _ = open_page(browser, f"{base}/#/experiments/{experiment['experiment_id']}/runs/{parent_id}/artifacts")
+        page.get_by_text("dashboard.html").first.click(timeout=60_000)
+        frame = page.frame_locator("iframe").first
+        frame.locator("#leaderboard").wait_for(timeout=60_000)
+        frame.locator(".plot svg.main-svg").first.wait_for(timeout=30_000)
+        assert frame.locator(".plot svg.main-svg").count() >= 10
+        screenshot(page, tmp_path, "mlflow_dashboard_artifact.png")
     finally:
         stop_process_group(server.pid, grace=5)
