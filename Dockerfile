@@ -16,7 +16,8 @@ RUN apt-get update \
 WORKDIR /app
 COPY --chown=ghm:ghm . .
 # PyPI's torch==2.14.1 for Linux x86_64 is the CUDA build: the GPU workers use it as is.
-RUN pip install -e ".[auth]"
+# compat: the checkout itself on sys.path, so Hydra discovers hydra_plugins/ wherever a process starts.
+RUN pip install -e ".[auth]" --config-settings editable_mode=compat
 
 USER ghm
 CMD ["python", "launch.py", "--help"]

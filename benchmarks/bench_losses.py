@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
 from ghm.losses import GHMC, GHMR
-from ghm.reference import LoopGHMC, LoopGHMR
+from ghm.losses.reference import LoopGHMC, LoopGHMR
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
-from ghm.coco import CocoDetection, collate
-from ghm.detector import build_detector
-from ghm.digits_det import DigitsDetParams, ensure_digits_det
+from ghm.data.coco import CocoDetection, collate
+from ghm.data.digits_det import DigitsDetParams, ensure_digits_det
+from ghm.detection.model import build_detector
 from ghm.losses import GHMC, GHMR, FocalLoss, SmoothL1Loss
-from ghm.tracking import PROJECT_DIR
 
 PAIRS = {
     "focal + smooth L1": (lambda: FocalLoss(), lambda: SmoothL1Loss(), False),
@@ -55,12 +55,12 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     split = ensure_digits_det(DigitsDetParams(train_images=args.batch, val_images=1, image_size=args.image_size,
-                                              max_digit_size=min(44, args.image_size)), PROJECT_DIR / ".cache" / "digits_det")["train"]
+                                              max_digit_size=min(44, args.image_size)), Path(".cache") / "digits_det")["train"]
     dataset = CocoDetection(split.images_dir, split.annotation_file)
     images, targets = collate([dataset[i] for i in range(args.batch)])
     images = [i.to(device) for i in images]
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-    anchors = [12, 24, 48, 96] if args.model == "retinanet_tiny" else None
+    anchors = [12, 24, 48, 96] if args.model == "retinanet_tiny" else [32, 64, 128, 256, 512]  # as conf/model/<model>.yaml
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, {args.model}, batch {args.batch} "
           f"x {args.image_size}px, median of {args.repeats} steps")
     models = {}

@@ -1,20 +1,25 @@
 """Typed schemas of the Hydra config and their validation, run before any work starts.
 
-Hydra merges every config group onto these dataclasses, so an unknown key or a wrong type fails
-at composition time with the key's full name. Value ranges are checked by :func:`validate`,
-which names the key and what is allowed; the loss settings are checked by building the losses.
+Hydra merges every config file onto these dataclasses (each file names its schema in its defaults
+list), so an unknown key or a wrong type fails at composition time with the key's full name.
+Objects are built from their node with ``_target_`` (:func:`instantiate_labelled`): the schemas
+hold the types and targets, the YAML files the values, the classes their own defaults
+(``tests/test_config.py`` checks that the two agree, or that a difference is a recipe choice).
+Value ranges are checked by :func:`validate`, which names the key and what is allowed; the loss
+settings are checked by building the losses.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ghm.digits_det import DigitsDetParams
-from ghm.losses import build_loss
+from ghm.data.digits_det import DigitsDetParams
 
 
 class ConfigError(ValueError):
@@ -31,21 +36,92 @@ def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
 
 
 @dataclass
+class LossModuleConfig:
+    """One loss: ``_target_`` is its class, ``name`` the label tracking and the sweeps use (``loss.cls.name``)."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+    loss_weight: float = MISSING
+
+
+@dataclass
+class ClassificationLossConfig(LossModuleConfig):
+    """A loss on logits ``[N, C]`` against one-hot targets (``conf/loss/cls/``)."""
+
+
+@dataclass
+class RegressionLossConfig(LossModuleConfig):
+    """A loss on box deltas ``[N, 4]`` against target deltas (``conf/loss/reg/``)."""
+
+
+@dataclass
+class GHMCConfig(ClassificationLossConfig):
+    _target_: str = "ghm.losses.GHMC"
+    name: str = "ghmc"
+    bins: int = MISSING
+    momentum: float = MISSING
+    density: str = MISSING
+
+
+@dataclass
+class FocalLossConfig(ClassificationLossConfig):
+    _target_: str = "ghm.losses.FocalLoss"
+    name: str = "focal"
+    alpha: float = MISSING
+    gamma: float = MISSING
+
+
+@dataclass
+class BCELossConfig(ClassificationLossConfig):
+    _target_: str = "ghm.losses.BCELoss"
+    name: str = "bce"
+
+
+@dataclass
+class GHMRConfig(RegressionLossConfig):
+    _target_: str = "ghm.losses.GHMR"
+    name: str = "ghmr"
+    mu: float = MISSING
+    bins: int = MISSING
+    momentum: float = MISSING
+
+
+@dataclass
+class SmoothL1LossConfig(RegressionLossConfig):
+    _target_: str = "ghm.losses.SmoothL1Loss"
+    name: str = "smooth_l1"
+    beta: float = MISSING
+
+
+@dataclass
+class ASL1LossConfig(RegressionLossConfig):
+    _target_: str = "ghm.losses.ASL1Loss"
+    name: str = "asl1"
+    mu: float = MISSING
+
+
+CLASSIFICATION_LOSSES = (GHMCConfig, FocalLossConfig, BCELossConfig)  # conf/loss/cls/<name>.yaml
+REGRESSION_LOSSES = (GHMRConfig, SmoothL1LossConfig, ASL1LossConfig)  # conf/loss/reg/<name>.yaml
+
+
+@dataclass
 class LossConfig:
-    """A classification and a regression loss, by registry name plus their settings."""
+    """A classification and a regression loss (``loss=<preset>`` composes one of each), and what the pair is called."""
 
     family: str = MISSING  # what the tracking and the sweeps call this pair, e.g. "ghm" or "focal"
-    baseline: bool = False
-    cls: dict[str, Any] = MISSING
-    reg: dict[str, Any] = MISSING
+    cls: Any = MISSING  # a ClassificationLossConfig, by the choice of loss/cls
+    reg: Any = MISSING  # a RegressionLossConfig, by the choice of loss/reg
 
 
 @dataclass
 class ModelConfig:
+    """The detector; the defaults are those of :func:`ghm.detection.model.build_detector` (``retinanet_tiny``)."""
+
+    _target_: str = "ghm.detection.model.build_detector"
     name: str = "retinanet_tiny"
     width: int = 32  # retinanet_tiny: channels of the first stage
     fpn_channels: int = 64  # retinanet_tiny
-    anchor_sizes: list[int] = field(default_factory=lambda: [16, 32, 64, 128])  # one base size per level
+    anchor_sizes: list[int] = field(default_factory=lambda: [12, 24, 48, 96])  # one base size per level
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     min_size: int = 128
     max_size: int = 128
@@ -70,10 +146,11 @@ class ModelConfig:
 
 @dataclass
 class DigitsDataConfig(DigitsDetParams):
-    """The built-in Digits-Det generator: its parameters (see :mod:`ghm.digits_det`) and where it is cached."""
+    """The built-in Digits-Det generator: its parameters (see :mod:`ghm.data.digits_det`) and where it is cached."""
 
+    _target_: str = "ghm.data.digits_det.digits_det_dataset"
     name: str = "digits"
-    cache_dir: str = ".cache/digits_det"  # relative paths are under the project directory
+    cache_dir: str = MISSING  # generated once per parameter set into <cache_dir>/<key>
     hflip: bool = False  # mirrored digits are other glyphs
 
     def validate(self) -> None:
@@ -94,6 +171,7 @@ class DigitsDataConfig(DigitsDetParams):
 class CocoDataConfig:
     """Any COCO-format dataset; the defaults are COCO 2017's layout under ``root``."""
 
+    _target_: str = "ghm.data.coco.coco_dataset"
     name: str = "coco"
     root: str = MISSING
     train_annotations: str = "annotations/instances_train2017.json"
@@ -151,8 +229,17 @@ class TrainConfig:
 
 
 @dataclass
+class PathsConfig:
+    """Where a run reads and writes (``conf/paths/default.yaml``); nothing is written beside the code."""
+
+    root_dir: str = MISSING  # the launching working directory: relative paths mean what they mean on the command line
+    cache_dir: str = MISSING  # generated datasets
+    output_dir: str = MISSING  # this job's output directory (Hydra's)
+
+
+@dataclass
 class MlflowConfig:
-    tracking_uri: str | None = None  # null: MLFLOW_TRACKING_URI, else the embedded SQLite store mlflow.db in the project directory
+    tracking_uri: str | None = None  # null: MLFLOW_TRACKING_URI, else the embedded SQLite store mlflow.db in paths.root_dir
     experiment_name: str = "ghm"
     run_name: str | None = None
 
@@ -163,6 +250,7 @@ class Config:
     model: ModelConfig = MISSING
     data: Any = MISSING  # DigitsDataConfig or CocoDataConfig, by the group's choice
     train: TrainConfig = MISSING
+    paths: PathsConfig = MISSING
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -174,10 +262,14 @@ def register() -> None:
     store = ConfigStore.instance()
     store.store(name="schema", node=Config)
     store.store(group="loss", name="schema", node=LossConfig)
+    for group, schemas in (("loss/cls", CLASSIFICATION_LOSSES), ("loss/reg", REGRESSION_LOSSES)):
+        for schema in schemas:
+            store.store(group=group, name=f"{_label(schema)}_schema", node=schema)
     store.store(group="model", name="schema", node=ModelConfig)
     store.store(group="data", name="digits_schema", node=DigitsDataConfig)
     store.store(group="data", name="coco_schema", node=CocoDataConfig)
     store.store(group="train", name="schema", node=TrainConfig)
+    store.store(group="paths", name="schema", node=PathsConfig)
 
 
 @dataclass(frozen=True)
@@ -188,6 +280,7 @@ class RunConfig:
     model: ModelConfig
     data: DigitsDataConfig | CocoDataConfig
     train: TrainConfig
+    paths: PathsConfig
     mlflow: MlflowConfig
     seed: int
     device: str
@@ -196,19 +289,49 @@ class RunConfig:
 
 def validate(cfg: DictConfig) -> RunConfig:
     """Check every value and build the losses once, so a bad config fails before any work."""
-    sections = {key: OmegaConf.to_object(cfg[key]) for key in ("loss", "model", "data", "train", "mlflow")}
+    sections = {key: OmegaConf.to_object(cfg[key]) for key in ("loss", "model", "data", "train", "paths", "mlflow")}
     if not isinstance(sections["data"], DigitsDataConfig | CocoDataConfig):
         raise ConfigError(f"data must be a config of the 'data' group (digits or coco), got {type(sections['data']).__name__}")
     for key in ("model", "data", "train"):
         sections[key].validate()
     _require(cfg.device == "auto" or cfg.device == "cpu" or str(cfg.device).startswith("cuda"), "device",
              "auto, cpu, cuda or cuda:N", cfg.device)
-    for key, kind in (("cls", "classification"), ("reg", "regression")):
-        settings = dict(getattr(sections["loss"], key))
-        if "name" not in settings:
-            raise ConfigError(f"loss.{key}.name is missing; it names the {kind} loss")
+    for key, kinds, group in (("cls", CLASSIFICATION_LOSSES, "classification"), ("reg", REGRESSION_LOSSES, "regression")):
+        _check_loss(f"loss.{key}", getattr(sections["loss"], key), kinds, group)
+        settings = {f.name for f in dataclasses.fields(getattr(sections["loss"], key))}
+        unknown = sorted(set(cfg.loss[key]) - settings)
+        if unknown:
+            raise ConfigError(f"loss.{key}: {cfg.loss[key].name} has no setting {', '.join(map(repr, unknown))}; allowed: "
+                              f"{', '.join(sorted(settings - {'_target_', 'name'}))}")
         try:
-            build_loss(kind, settings.pop("name"), **settings)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"loss.{key}: {err}") from err
+            instantiate_labelled(cfg.loss[key])
+        except Exception as err:  # instantiate wraps the class's ValueError in its own error, with the message
+            raise ConfigError(f"loss.{key}: {_cause(err)}") from err
     return RunConfig(seed=cfg.seed, device=cfg.device, raw=cfg, **sections)
+
+
+def _check_loss(key: str, loss: object, kinds: tuple[type, ...], group: str) -> None:
+    labels = ", ".join(sorted(_label(kind) for kind in kinds))
+    if not isinstance(loss, kinds):
+        raise ConfigError(f"{key} must be a {group} loss ({labels}), got {type(loss).__name__}")
+    _require(loss.name == _label(type(loss)), f"{key}.name", f"{_label(type(loss))!r}, the label of its config "
+             f"(another {group} loss is chosen with {key.replace('.', '/')}=<{labels.replace(', ', '|')}>)", loss.name)
+
+
+def _label(schema: type) -> str:
+    """The ``name`` a loss config's schema gives it (its file is ``conf/loss/<cls|reg>/<name>.yaml``)."""
+    return next(f.default for f in dataclasses.fields(schema) if f.name == "name")
+
+
+def _cause(err: BaseException) -> str:
+    """The innermost message of an exception chain: what the constructor itself said."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return str(err)
+
+
+def instantiate_labelled(node: DictConfig, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` a loss or dataset node: its ``name`` labels the choice for tracking, it is no argument."""
+    arguments = OmegaConf.to_container(node, resolve=True)
+    arguments.pop("name")
+    return instantiate(arguments, **kwargs)

@@ -1,4 +1,4 @@
-"""The cluster topology of docker-compose.yml, started natively (ghm.cluster): sweeps, faults and security.
+"""The cluster topology of docker-compose.yml, started natively (devtools.cluster): sweeps, faults and security.
 
 One cluster serves the module: MLflow server on PostgreSQL (databases of its own, dropped at the
 end), a Ray head without CPUs plus two 1-CPU worker nodes with token authentication, and
@@ -24,7 +24,7 @@ import psycopg2
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ghm.cluster import ClusterSpec, NativeCluster
+from devtools.cluster import ClusterSpec, NativeCluster
 from tests.conftest import ROOT
 
 APPS = ROOT / "tests" / "apps"

@@ -2,29 +2,45 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra.errors import ConfigCompositionException
+from hydra.utils import get_object
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from ghm.config import ConfigError, DigitsDataConfig, validate
+from ghm.config import ConfigError, DigitsDataConfig, ModelConfig, instantiate_labelled, validate
 from tests.conftest import ROOT, compose_config
 
 
 def test_defaults_are_valid() -> None:
     run = validate(compose_config(["checkpoint_dir=/tmp/x"]))
-    assert run.loss.family == "ghm" and run.loss.cls["bins"] == 30 and run.loss.reg["momentum"] == 0.7
+    assert run.loss.family == "ghm" and run.loss.cls.bins == 30 and run.loss.reg.momentum == 0.7
     assert run.model.name == "retinanet_tiny" and isinstance(run.data, DigitsDataConfig) and run.train.epochs >= 1
 
 
-@pytest.mark.parametrize("loss", ["ghm", "focal", "ce_sl1", "ghmc_sl1", "ghmc_asl1", "fl_asl1", "fl_ghmr"])
-def test_every_loss_pair_is_valid(loss: str) -> None:
+PRESETS = {"ghm": ("ghmc", "ghmr"), "focal": ("focal", "smooth_l1"), "ce_sl1": ("bce", "smooth_l1"), "ghmc_sl1": ("ghmc", "smooth_l1"),
+           "ghmc_asl1": ("ghmc", "asl1"), "fl_asl1": ("focal", "asl1"), "fl_ghmr": ("focal", "ghmr")}
+
+
+@pytest.mark.parametrize("loss", sorted(PRESETS))
+def test_every_loss_preset_composes_one_file_of_each_group(loss: str) -> None:
     run = validate(compose_config([f"loss={loss}", "checkpoint_dir=/tmp/x"]))
-    assert run.loss.family == loss and run.loss.baseline == (loss == "focal")
+    assert run.loss.family == loss and (run.loss.cls.name, run.loss.reg.name) == PRESETS[loss]
+    preset = (ROOT / "conf" / "loss" / f"{loss}.yaml").read_text()
+    assert f"cls: {PRESETS[loss][0]}" in preset and f"reg: {PRESETS[loss][1]}" in preset
+
+
+def test_presets_keep_their_keys_overridable() -> None:
+    run = validate(compose_config(["loss=ghmc_sl1", "loss.cls.bins=20", "loss/reg=asl1", "loss.reg.mu=0.05", "checkpoint_dir=/tmp/x"]))
+    assert (run.loss.cls.bins, run.loss.reg.name, run.loss.reg.mu, run.loss.family) == (20, "asl1", 0.05, "ghmc_sl1")
 
 
 @pytest.mark.parametrize("group", ["model=retinanet_r50_fpn", "train=smoke", "train=coco_1x", "data=coco data.root=/data/coco"])
@@ -70,8 +86,9 @@ def test_unknown_keys_fail_at_composition(override: str) -> None:
         (["loss.cls.bins=0"], "loss.cls: bins must be an integer >= 1, got 0"),
         (["loss.cls.momentum=1.0"], "loss.cls: momentum must be a number with 0 <= momentum < 1"),
         (["loss.reg.mu=0"], "loss.reg: mu must be a number in (0.0, inf]"),
-        (["loss.cls.name=ghmr"], "loss.cls: unknown classification loss 'ghmr'; allowed: bce, focal, ghmc"),
-        (["+loss.reg.gamma=2"], "loss.reg: regression loss 'ghmr' has no setting 'gamma'"),
+        (["loss.cls.name=ghmr"], "loss.cls.name must be 'ghmc', the label of its config (another classification loss is chosen "
+                                  "with loss/cls=<bce|focal|ghmc>), got 'ghmr'"),
+        (["+loss.reg.gamma=2"], "loss.reg: ghmr has no setting 'gamma'; allowed: bins, loss_weight, momentum, mu"),
     ],
 )
 def test_out_of_range_values_name_the_key(overrides: list[str], message: str) -> None:
@@ -91,3 +108,61 @@ def test_launch_reports_a_config_error_before_work(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "config error: train.epochs must be an integer >= 1, got 0" in result.stdout + result.stderr
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "checkpoints").exists()
+
+
+# Where a config file's value differs from its class's own default on purpose: the recipe the file stands for.
+RECIPE_CHOICES = {
+    ("loss/cls/ghmc", "momentum"): "the released configs' EMA of the region counts (GHMC alone has none)",
+    ("loss/reg/ghmr", "momentum"): "the released configs' EMA of the region counts (GHMR alone has none)",
+    ("loss/reg/ghmr", "loss_weight"): "the released configs' weight of the box loss",
+    ("model/retinanet_r50_fpn", "anchor_sizes"): "the paper's anchors for 800 px COCO images",
+    ("model/retinanet_r50_fpn", "min_size"): "the paper's input size",
+    ("model/retinanet_r50_fpn", "max_size"): "the paper's input size",
+}
+
+
+def config_defaults(target: str) -> dict[str, object]:
+    """The defaults of the callable a config's ``_target_`` names."""
+    return {name: p.default for name, p in inspect.signature(get_object(target)).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def group_files() -> list[tuple[str, Path]]:
+    return sorted((path.relative_to(ROOT / "conf").with_suffix("").as_posix(), path)
+                  for group in ("loss/cls", "loss/reg", "model") for path in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(("option", "path"), group_files())
+def test_config_files_agree_with_their_classes_defaults_or_document_the_recipe(option: str, path: Path) -> None:
+    group, name = option.rsplit("/", 1)
+    node = OmegaConf.select(compose_config([f"{group}={name}", "checkpoint_dir=/tmp/x"]), group.replace("/", "."))
+    defaults = config_defaults(node._target_)
+    lines = {line.split(":", 1)[0]: line for line in path.read_text().splitlines()}
+    for key, value in yaml.safe_load(path.read_text()).items():
+        if key == "defaults" or key not in defaults:
+            continue
+        default = list(defaults[key]) if isinstance(defaults[key], tuple) else defaults[key]
+        documented = (option, key) in RECIPE_CHOICES
+        assert (value != default) == documented, f"{path}: {key}={value}, {node._target_} says {default}"
+        assert ("# recipe:" in lines[key]) == documented, f"{path}: say why {key} differs, on its line (# recipe: ...)"
+
+
+def test_the_model_schema_keeps_the_builders_defaults() -> None:
+    schema = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in dataclasses.fields(ModelConfig)}
+    for key, default in config_defaults(ModelConfig._target_).items():
+        assert schema[key] == (list(default) if isinstance(default, tuple) else default), key
+
+
+def test_each_loss_file_builds_its_class_with_its_values() -> None:
+    for option, path in group_files():
+        group, name = option.rsplit("/", 1)
+        if not group.startswith("loss"):
+            continue
+        node = compose_config([f"{group}={name}", "checkpoint_dir=/tmp/x"]).loss[group.split("/")[1]]
+        loss = instantiate_labelled(node)
+        assert type(loss).__name__ == node._target_.rsplit(".", 1)[1] and node.name == name
+        for key, value in yaml.safe_load(path.read_text()).items():
+            if key in ("bins",):
+                assert loss.density.bins == value
+            elif key in ("mu", "loss_weight", "alpha", "gamma", "beta"):
+                assert getattr(loss, key) == pytest.approx(value), (option, key)

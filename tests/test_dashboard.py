@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ghm.cluster import free_port, stop_process_group
-from ghm.dashboard import build_dashboard
+from devtools.cluster import free_port, stop_process_group
+from ghm.dashboard.page import build_dashboard
 from tests.conftest import ROOT, SMALL_DATA
 
 APPS = ROOT / "tests" / "apps"

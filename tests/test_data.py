@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ghm.coco import CocoDetection, DataError, collate
-from ghm.digits_det import DigitsDetParams, ensure_digits_det
+from ghm.data.coco import CocoDetection, DataError, collate
+from ghm.data.digits_det import DigitsDetParams, ensure_digits_det
 
 SMALL = DigitsDetParams(train_images=12, val_images=6, image_size=96, max_digit_size=40, seed=3)
 

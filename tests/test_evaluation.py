@@ -11,8 +11,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ghm.digits_det import DigitsDetParams, ensure_digits_det
-from ghm.evaluation import STAT_NAMES, coco_map
+from ghm.data.digits_det import DigitsDetParams, ensure_digits_det
+from ghm.detection.evaluation import STAT_NAMES, coco_map
 
 
 def noisy_detections(annotation_file: Path, seed: int) -> list[dict]:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torchvision.ops import sigmoid_focal_loss
 
-from ghm.figures import batch_figures, batch_region_weights, focal_gradient_norm, save_figures
+from ghm.losses.figures import batch_figures, batch_region_weights, focal_gradient_norm, save_figures
 
 
 def test_focal_gradient_norm_matches_autograd() -> None:

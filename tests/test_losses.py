@@ -16,9 +16,8 @@ from ghm.losses import (
     BCELoss,
     FocalLoss,
     SmoothL1Loss,
-    build_loss,
 )
-from ghm.reference import LoopGHMC, LoopGHMR
+from ghm.losses.reference import LoopGHMC, LoopGHMR
 
 
 def logits_for(g: torch.Tensor) -> torch.Tensor:
@@ -319,15 +318,3 @@ def test_regression_baselines_by_hand() -> None:
     torch.testing.assert_close(SmoothL1Loss(beta=beta)(d, zero, w), (sl1 * w).sum() / 2)
     asl1 = torch.sqrt(d**2 + 0.02**2) - 0.02
     torch.testing.assert_close(ASL1Loss(mu=0.02)(d, zero, w), (asl1 * w).sum() / 2)
-
-
-def test_build_loss_by_name() -> None:
-    loss = build_loss("classification", "ghmc", bins=10, momentum=0.5)
-    assert isinstance(loss, GHMC) and loss.density.bins == 10 and loss.density.momentum == 0.5
-    assert isinstance(build_loss("regression", "asl1", mu=0.1), ASL1Loss)
-    with pytest.raises(ValueError, match="unknown classification loss 'ghmr'; allowed: bce, focal, ghmc"):
-        build_loss("classification", "ghmr")
-    with pytest.raises(ValueError, match="regression loss 'ghmr' has no setting 'gamma'; allowed: mu, bins"):
-        build_loss("regression", "ghmr", gamma=2.0)
-    with pytest.raises(ValueError, match="loss kind must be one of"):
-        build_loss("detection", "ghmc")

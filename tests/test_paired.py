@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from ghm.paired import bootstrap_interval, compare, format_table, paired_t_interval
+from ghm.comparison.statistics import bootstrap_interval, compare, format_table, paired_t_interval
 
 
 def test_paired_t_interval_by_hand() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from ghm.search_space import parse_search_space
+from ghm.sweep.space import parse_search_space
 
 
 def test_command_line_lists_make_a_grid_in_hydra_order() -> None:

@@ -10,17 +10,17 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ghm.config import validate
-from ghm.detector import build_detector, load_weights
+from ghm.detection.model import build_detector, load_weights
+from ghm.detection.schedule import lr_factor, set_lr_factor
+from ghm.detection.training import NonFiniteLossError, train
 from ghm.losses import GHMC, GHMR, FocalLoss, SmoothL1Loss
-from ghm.training import NonFiniteLossError, Trainer, lr_factor
-from tests.conftest import ROOT, SMALL_DATA, compose_config
+from ghm.run import Job
+from tests.conftest import ROOT, SMALL_DATA, build_test_job
 
 
-def trainer(tmp_path: Path, tracking_uri: str, *overrides: str, name: str = "ckpt", **kwargs) -> Trainer:
-    cfg = compose_config(["train=smoke", *SMALL_DATA, f"checkpoint_dir={tmp_path / name}",
-                          f"mlflow.tracking_uri={tracking_uri}", "mlflow.experiment_name=test", *overrides])
-    return Trainer(validate(cfg), tmp_path / name, **kwargs)
+def small_job(tmp_path: Path, tracking_uri: str, *overrides: str, name: str = "ckpt") -> Job:
+    return build_test_job(["train=smoke", *SMALL_DATA, f"checkpoint_dir={tmp_path / name}", f"mlflow.tracking_uri={tracking_uri}",
+                           "mlflow.experiment_name=test", *overrides])
 
 
 def only_run(tracking_uri: str):
@@ -31,7 +31,7 @@ def only_run(tracking_uri: str):
 
 
 def test_smoke_run_leaves_a_complete_mlflow_run(tmp_path: Path, tracking_uri: str) -> None:
-    result = trainer(tmp_path, tracking_uri, "train.epochs=2", "train.max_iters_per_epoch=2").run()
+    result = train(small_job(tmp_path, tracking_uri, "train.epochs=2", "train.max_iters_per_epoch=2"))
     client, run = only_run(tracking_uri)
     assert run.info.run_id == result.run_id and run.info.status == "FINISHED"
     assert run.data.params["loss.cls.bins"] == "30" and run.data.params["train.epochs"] == "2"
@@ -51,19 +51,19 @@ def test_smoke_run_leaves_a_complete_mlflow_run(tmp_path: Path, tracking_uri: st
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path: Path, tracking_uri: str) -> None:
     settings = ("train.epochs=2", "train.max_iters_per_epoch=3", "train.figures=false", "loss.cls.momentum=0.75")
-    straight = trainer(tmp_path, f"sqlite:///{tmp_path / 'straight.db'}", *settings, name="straight")
-    straight.run()
+    straight = small_job(tmp_path, f"sqlite:///{tmp_path / 'straight.db'}", *settings, name="straight")
+    train(straight)
 
-    def interrupt(epoch: int, metrics: dict[str, float], run_id: str | None) -> None:
+    def interrupt(epoch: int, metrics: dict[str, float]) -> None:
         if epoch == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        trainer(tmp_path, tracking_uri, *settings, name="resumed", on_epoch=interrupt).run()
+        train(small_job(tmp_path, tracking_uri, *settings, name="resumed"), on_epoch=interrupt)
     client, run = only_run(tracking_uri)
     assert run.info.status == "KILLED"
-    resumed = trainer(tmp_path, tracking_uri, *settings, name="resumed")
-    resumed.run()
+    resumed = small_job(tmp_path, tracking_uri, *settings, name="resumed")
+    train(resumed)
     client, run = only_run(tracking_uri)  # the same run, continued
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
@@ -76,29 +76,28 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path: Path, 
 
 def test_nonfinite_loss_fails_the_run_naming_the_step(tmp_path: Path, tracking_uri: str) -> None:
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 1, step \d+"):
-        trainer(tmp_path, tracking_uri, "loss=focal", "train.lr=1e12", "train.warmup_iters=0", "train.clip_grad_norm=null",
-                "train.max_iters_per_epoch=6").run()
+        train(small_job(tmp_path, tracking_uri, "loss=focal", "train.lr=1e12", "train.warmup_iters=0", "train.clip_grad_norm=null",
+                        "train.max_iters_per_epoch=6"))
     client, run = only_run(tracking_uri)
     assert run.info.status == "FAILED" and "non-finite loss" in run.data.tags["error"]
     assert "error.txt" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 def test_nonfinite_loss_can_be_skipped_and_counted(tmp_path: Path, tracking_uri: str) -> None:
-    trainer(tmp_path, tracking_uri, "loss=focal", "train.lr=1e12", "train.warmup_iters=0", "train.clip_grad_norm=null",
-            "train.max_iters_per_epoch=6", "train.nonfinite=skip", "train.figures=false").run()
+    train(small_job(tmp_path, tracking_uri, "loss=focal", "train.lr=1e12", "train.warmup_iters=0", "train.clip_grad_norm=null",
+                    "train.max_iters_per_epoch=6", "train.nonfinite=skip", "train.figures=false"))
     _, run = only_run(tracking_uri)
     assert run.info.status == "FINISHED" and run.data.metrics["skipped_steps"] >= 1
 
 
 @pytest.mark.parametrize("loss", ["ghm", "focal"])
 def test_loss_decreases_on_digits_det(tmp_path: Path, tracking_uri: str, loss: str) -> None:
-    job = trainer(tmp_path, tracking_uri, f"loss={loss}", "train.figures=false", "train.lr=0.02", "train.warmup_iters=5")
+    job = small_job(tmp_path, tracking_uri, f"loss={loss}", "train.figures=false", "train.lr=0.02", "train.warmup_iters=5")
     images, targets = next(iter(job.loader))
     model = job.model.train()
     losses = []
     for step in range(40):
-        for group in job.optimizer.param_groups:
-            group["lr"] = group.setdefault("initial_lr", group["lr"]) * lr_factor(job.train_cfg, step, 40)
+        set_lr_factor(job.optimizer, lr_factor(job.config.train, step, 40))
         out = model(images, targets)
         loss_value = out["classification"] + out["bbox_regression"]
         job.optimizer.zero_grad()

@@ -15,7 +15,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ghm.sweep import SweepEngine, SweepSettings
+from ghm.sweep.engine import SweepEngine, SweepSettings
 
 
 @dataclass
@@ -61,7 +61,9 @@ class GHMSweeperConf:
     params: dict[str, str] = field(default_factory=dict)
     max_failure_rate: float = 0.0
     metric: str = "objective"  # the name of the task's return value (and of its per-epoch reports)
-    baseline: str | None = "loss=focal"
+    baseline: str | None = "loss=focal"  # an override selecting the baseline's trials
+    pair_by: str = "seed"  # runs that differ only in the baseline's key are paired by their value of this key
+    pair_ignore: list[str] = field(default_factory=list)  # config keys that never make two runs differ (paths, tracking)
     confirm_seeds: int = 0
     resume: bool = True
     ray: RaySettings = field(default_factory=RaySettings)
@@ -78,8 +80,9 @@ class GHMSweeper(Sweeper):
         direction = settings.pop("direction")
         direction = getattr(direction, "name", direction)  # hydra-optuna-sweeper's Direction enum or a string
         params = settings.pop("params")
+        pair_ignore = tuple(settings.pop("pair_ignore"))
         self.settings = SweepSettings(
-            direction=str(direction), params=dict(params) if params else None, ray_address=ray["address"],
+            direction=str(direction), params=dict(params) if params else None, pair_ignore=pair_ignore, ray_address=ray["address"],
             cpus_per_trial=ray["cpus_per_trial"], gpus_per_trial=ray["gpus_per_trial"], storage_path=ray["storage_path"],
             max_retries=ray["max_retries"], prune=pruner["enabled"], grace_period=pruner["grace_period"],
             reduction_factor=pruner["reduction_factor"], **settings,

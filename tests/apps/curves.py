@@ -15,8 +15,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from ghm import trial
-from ghm.tracking import RunTracker
+from ghm.sweep.task import report_epoch
+from ghm.tracking.run import RunTracker
 
 
 @hydra.main(version_base=None, config_path=".", config_name="curves")
@@ -28,18 +28,16 @@ def curves(cfg: DictConfig) -> float:
         raise ValueError(f"x={cfg.x} is above {cfg.fail_above}")
     with Path(f"{cfg.log}.started").open("a") as started:
         started.write(f"{os.getpid()}\n")
-    context = trial.current()
     experiment = OmegaConf.select(cfg, "mlflow.experiment_name", default="curves")  # the sweep's parent run is there too
     tracker = RunTracker(cfg.mlflow_uri, experiment) if cfg.get("mlflow_uri") else None
-    with (tracker.start(run_id=None, run_name=None, tags={}, config=cfg, parent_run_id=context.parent_run_id if context else None)
-          if tracker else nullcontext()):
-        value = _learn(cfg, context, tracker)
+    with tracker.start(run_id=None, run_name=None, tags={}, config=cfg) if tracker else nullcontext():
+        value = _learn(cfg, tracker)
     with Path(cfg.log).open("a") as log:
         log.write(f"x={cfg.x} seed={cfg.seed}\n")
     return value
 
 
-def _learn(cfg: DictConfig, context: trial.TrialContext | None, tracker: RunTracker | None) -> float:
+def _learn(cfg: DictConfig, tracker: RunTracker | None) -> float:
     busy_until = time.process_time() + cfg.busy_seconds
     while time.process_time() < busy_until:  # single-thread CPU work, for the concurrency benchmark
         pass
@@ -49,8 +47,7 @@ def _learn(cfg: DictConfig, context: trial.TrialContext | None, tracker: RunTrac
         value = (0.5 if cfg.loss == "baseline" else cfg.x) * epoch / cfg.train.epochs
         if tracker:
             tracker.log_metrics({"objective": value}, step=epoch)
-        if context:
-            context.on_epoch(epoch, {"objective": value}, tracker.run_id if tracker else None)
+        report_epoch(epoch, {"objective": value})
     return value
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ghm.data.coco import CocoDetection, DetectionData
+
 # Bump when the generator's output changes for the same parameters: it is part of the cache key.
 GENERATOR_VERSION = 1
 
@@ -196,3 +198,12 @@ def ensure_digits_det(params: DigitsDetParams, cache_dir: str | os.PathLike[str]
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return {split: CocoSplit(root / split, root / "annotations" / f"{split}.json") for split in ("train", "val")}
+
+
+def digits_det_dataset(cache_dir: str, hflip: bool, **params: object) -> DetectionData:
+    """Digits-Det with these generator parameters, generated into ``cache_dir`` on first use."""
+    generator = DigitsDetParams(**params)
+    splits = ensure_digits_det(generator, cache_dir)
+    return DetectionData(CocoDetection(splits["train"].images_dir, splits["train"].annotation_file, hflip=hflip),
+                         CocoDetection(splits["val"].images_dir, splits["val"].annotation_file),
+                         f"digits-det-{generator.key()}")

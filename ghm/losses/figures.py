@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from ghm.density import UnitRegionDensity, classification_gradient_norm, region_weights, regression_gradient_norm
+from ghm.losses.density import UnitRegionDensity, classification_gradient_norm, region_weights, regression_gradient_norm
 
 _GRID = 400
 

@@ -34,12 +34,12 @@ from mlflow.tracking import MlflowClient
 from plotly.offline import get_plotlyjs
 from scipy import stats
 
-from ghm.sweep import setting_label
-from ghm.tracking import PROJECT_DIR, default_tracking_uri
+from ghm.comparison.pairing import Pairing
+from ghm.tracking.store import default_tracking_uri, tracking_client
 
 log = logging.getLogger(__name__)
 
-DASHBOARD_DIR = PROJECT_DIR / "dashboards"
+DASHBOARD_DIR = Path("dashboards")  # under the working directory
 FIGURES = ("gradient_norm_cls", "gradient_norm_reg")  # the paper's figures, as the training loop logs them
 SETTING_PARAMS = ("loss.cls.bins", "loss.cls.momentum", "loss.reg.mu", "loss.reg.bins", "loss.reg.momentum")
 STATE_COLOURS = {"finished": "#1a7f37", "reused": "#0969da", "pruned": "#9a6700", "failed": "#cf222e"}
@@ -98,7 +98,7 @@ def load_sweep(client: MlflowClient, experiment: str, sweep: str | None = None) 
     params = parent.data.params
     settings: dict[str, Setting] = {}
     for trial in record["trials"]:
-        label = setting_label(trial["params"])
+        label = Pairing().setting_label(trial["params"])
         setting = settings.setdefault(label, Setting(label, trial["baseline"]))
         setting.states[trial["state"]] = setting.states.get(trial["state"], 0) + 1
         if trial["state"] in ("finished", "reused") and trial["objective"] is not None and trial["seed"] is not None:
@@ -356,7 +356,7 @@ def _trials_html(record: SweepRecord) -> str:
     rows = []
     for trial in sorted(record.trials, key=lambda t: t["number"]):
         colour = STATE_COLOURS.get(trial["state"], "#666")
-        rows.append(f"<tr><td>{trial['number']}</td><td>{html.escape(setting_label(trial['params']))}</td><td>{trial['seed']}</td>"
+        rows.append(f"<tr><td>{trial['number']}</td><td>{html.escape(Pairing().setting_label(trial['params']))}</td><td>{trial['seed']}</td>"
                     f'<td><span class="state" style="background:{colour}">{trial["state"]}</span></td>'
                     f"<td>{_number(trial['objective'])}</td><td>{html.escape(trial.get('error') or '')}</td></tr>")
     return ('<section><h2>Trials</h2><table id="trials"><thead><tr><th>#</th><th>setting</th><th>seed</th><th>state</th>'
@@ -389,9 +389,9 @@ def build_dashboard(experiment: str, sweep: str | None = None, *, tracking_uri: 
                     optuna_storage: str | None = None, output: Path | None = None) -> Path:
     """Write the dashboard of a sweep (default: ``dashboards/<sweep>.html``) and return its path."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a few small downloads: no progress bars
-    client = MlflowClient(tracking_uri or default_tracking_uri())
+    client = tracking_client(tracking_uri or default_tracking_uri(Path.cwd()))
     record = load_sweep(client, experiment, sweep)
-    storage = optuna_storage or os.environ.get("OPTUNA_STORAGE") or f"sqlite:///{PROJECT_DIR / 'optuna.db'}"
+    storage = optuna_storage or os.environ.get("OPTUNA_STORAGE") or f"sqlite:///{Path.cwd() / 'optuna.db'}"
     path = Path(output or DASHBOARD_DIR / f"{record.name}.html")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render(client, record, storage), encoding="utf-8")

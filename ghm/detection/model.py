@@ -9,6 +9,7 @@ so its published numbers can be reproduced.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -17,12 +18,10 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import boxes as box_ops
-from torchvision.ops.feature_pyramid_network import LastLevelP6P7
-from torchvision.ops.misc import Conv2dNormActivation
 
+from ghm.detection.backbones import resnet50_fpn, tiny_fpn
 from ghm.losses import GHMC, GHMR
 
 log = logging.getLogger(__name__)
@@ -47,6 +46,13 @@ class LossInputs:
                                                  self.box_deltas, self.box_targets, self.box_weights)))
 
 
+class LossInputsProbe(nn.Module):
+    """Passes the loss inputs through unchanged: forward hooks on it observe them (the training telemetry)."""
+
+    def forward(self, inputs: LossInputs) -> LossInputs:
+        return inputs
+
+
 class LevelAnchorGenerator(AnchorGenerator):
     """torchvision's anchors, remembering how many of each image's anchors each level holds."""
 
@@ -69,8 +75,7 @@ class GHMRetinaNet(RetinaNet):
         self.cls_loss = cls_loss
         self.reg_loss = reg_loss
         self.per_level = per_level
-        self.capture_loss_inputs = False
-        self.loss_inputs: LossInputs | None = None
+        self.loss_inputs = LossInputsProbe()
 
     def _match(self, targets: list[dict[str, Tensor]], anchors: list[Tensor]) -> list[Tensor]:
         matched = []
@@ -95,9 +100,7 @@ class GHMRetinaNet(RetinaNet):
         cls_weights = (matched != self.proposal_matcher.BETWEEN_THRESHOLDS).to(cls_logits.dtype)[..., None].expand_as(cls_logits)
 
         dense = (cls_logits, cls_targets, cls_weights, box_regression, box_targets, foreground)
-        whole = self._flatten(*dense)
-        if self.capture_loss_inputs:
-            self.loss_inputs = whole.detached()
+        whole = self.loss_inputs(self._flatten(*dense))
         cls_parts = reg_parts = [whole]
         if self.per_level:  # GHM losses once per level, as the official code; the others see the whole batch
             levels = self.anchor_generator.num_anchors_per_level
@@ -119,45 +122,28 @@ class GHMRetinaNet(RetinaNet):
                           box_deltas, box_targets[foreground], torch.ones_like(box_deltas))
 
 
-class TinyBackbone(nn.Sequential):
-    """A small CNN for CPU training: strides 2, 4, 8, 16, 32 with BatchNorm, trained from scratch."""
-
-    def __init__(self, width: int) -> None:
-        def stage(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(Conv2dNormActivation(cin, cout, stride=2), Conv2dNormActivation(cout, cout))
-
-        super().__init__()
-        self.add_module("stem", Conv2dNormActivation(3, width, stride=2))
-        self.add_module("layer1", stage(width, width))
-        self.add_module("layer2", stage(width, 2 * width))
-        self.add_module("layer3", stage(2 * width, 4 * width))
-        self.add_module("layer4", stage(4 * width, 8 * width))
-
-
 def _anchor_generator(base_sizes: list[int], aspect_ratios: list[float]) -> LevelAnchorGenerator:
     sizes = tuple(tuple(round(base * s, 2) for s in OCTAVE_SCALES) for base in base_sizes)
     return LevelAnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))
 
 
 def build_detector(name: str, num_classes: int, cls_loss: nn.Module, reg_loss: nn.Module, *, width: int = 32,
-                   fpn_channels: int = 64, anchor_sizes: list[int] | None = None, aspect_ratios: list[float] | None = None,
-                   min_size: int = 800, max_size: int = 1333, per_level: bool = False, score_thresh: float = 0.05,
-                   nms_thresh: float = 0.5, detections_per_img: int = 100, weights: str | None = None) -> GHMRetinaNet:
+                   fpn_channels: int = 64, anchor_sizes: Sequence[int] = (12, 24, 48, 96),
+                   aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0), min_size: int = 128, max_size: int = 128,
+                   per_level: bool = False, score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100,
+                   weights: str | None = None) -> GHMRetinaNet:
     """``retinanet_tiny`` (P3-P6, P6 max-pooled; GroupNorm head) or ``retinanet_r50_fpn`` (the paper's, P3-P7).
 
-    Nothing is downloaded; ``weights`` may name a local state-dict file, read with ``weights_only=True``.
+    The defaults are ``retinanet_tiny``'s, as in :class:`ghm.config.ModelConfig`; ``width`` and
+    ``fpn_channels`` apply to it alone. Nothing is downloaded; ``weights`` may name a local
+    state-dict file, read with ``weights_only=True``.
     """
-    aspect_ratios = aspect_ratios or [0.5, 1.0, 2.0]
+    anchors = _anchor_generator(list(anchor_sizes), list(aspect_ratios))
     if name == "retinanet_tiny":
-        backbone = BackboneWithFPN(TinyBackbone(width), return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
-                                   in_channels_list=[2 * width, 4 * width, 8 * width], out_channels=fpn_channels)
-        anchors = _anchor_generator(anchor_sizes or [16, 32, 64, 128], aspect_ratios)
-        head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], num_classes,
-                             norm_layer=partial(nn.GroupNorm, 8))
+        backbone = tiny_fpn(width, fpn_channels)
+        head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], num_classes, norm_layer=partial(nn.GroupNorm, 8))
     elif name == "retinanet_r50_fpn":
-        backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=5, returned_layers=[2, 3, 4],
-                                       extra_blocks=LastLevelP6P7(256, 256))
-        anchors = _anchor_generator(anchor_sizes or [32, 64, 128, 256, 512], aspect_ratios)
+        backbone = resnet50_fpn()
         head = RetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes)
     else:
         raise ValueError(f"unknown model {name!r}; allowed: retinanet_tiny, retinanet_r50_fpn")

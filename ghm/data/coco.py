@@ -165,3 +165,23 @@ def collate(batch: list[tuple[Tensor, dict[str, Tensor]]]) -> tuple[list[Tensor]
     """Lists of images and targets, as torchvision's detection models take them."""
     images, targets = zip(*batch, strict=True)
     return list(images), list(targets)
+
+
+@dataclass(frozen=True)
+class DetectionData:
+    """A dataset's train and val splits, and the id its runs are tracked and paired by."""
+
+    train: CocoDetection
+    val: CocoDetection
+    dataset_id: str
+
+
+def coco_dataset(root: str, train_annotations: str, train_images: str, val_annotations: str, val_images: str,
+                 hflip: bool) -> DetectionData:
+    """Any COCO-format dataset: the splits' image folders and annotation files, relative to ``root``."""
+    base = Path(root)
+    train = CocoDetection(base / train_images, base / train_annotations, hflip=hflip)
+    val = CocoDetection(base / val_images, base / val_annotations)
+    if val.category_ids != train.category_ids:
+        raise DataError(f"data: the categories of {val.annotation_file} differ from those of {train.annotation_file}")
+    return DetectionData(train, val, f"coco:{base.resolve()}")

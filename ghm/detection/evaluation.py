@@ -11,7 +11,7 @@ from faster_coco_eval import COCO, COCOeval_faster
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ghm.coco import CocoDetection
+from ghm.data.coco import CocoDetection
 
 # The first six of COCOeval's stats, under the names the tracking and the sweeps use.
 STAT_NAMES = ("mAP", "AP50", "AP75", "APs", "APm", "APl")

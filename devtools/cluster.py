@@ -1,6 +1,6 @@
 """The topology of ``docker-compose.yml`` as native processes on one machine, for tests and users without Docker.
 
-``python -m ghm.cluster up`` starts an MLflow server on PostgreSQL (a database of its own), a Ray
+``python -m devtools.cluster up`` starts an MLflow server on PostgreSQL (a database of its own), a Ray
 head (no CPUs for trials, like the compose head) plus worker nodes, all with Ray's token
 authentication, and optuna-dashboard on PostgreSQL; it waits until each answers, prints the
 environment that points ``launch.py`` at the cluster, and stops every process it started when
@@ -27,8 +27,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ghm.tracking import PROJECT_DIR
-
+CHECKOUT_DIR = Path(__file__).resolve().parents[1]  # the Ray nodes import this checkout's code
 STATE_FILE = "cluster.json"
 
 
@@ -193,7 +192,7 @@ class NativeCluster:
         env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
         env.pop("RAY_AUTH_TOKEN", None)  # the token file is the one source
         env.pop("RAY_ADDRESS", None)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_DIR), os.environ.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CHECKOUT_DIR), os.environ.get("PYTHONPATH")) if p)
         return env
 
     def start_mlflow(self) -> None:
@@ -281,7 +280,7 @@ class NativeCluster:
             log.write(f"$ {shlex.join(command)}\n".encode())
             log.flush()
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                       cwd=PROJECT_DIR, start_new_session=True)
+                                       cwd=CHECKOUT_DIR, start_new_session=True)
         self.components.append(Component(name, process.pid, str(log_path)))
         self.save_state()
 
@@ -392,9 +391,9 @@ def _tail(path: str, lines: int = 20) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m ghm.cluster", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.cluster", description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("up", "down"))
-    parser.add_argument("--workdir", type=Path, default=PROJECT_DIR / ".cluster", help="logs, token, artifacts (default: .cluster/)")
+    parser.add_argument("--workdir", type=Path, default=Path(".cluster"), help="logs, token, artifacts (default: .cluster/ here)")
     parser.add_argument("--detach", action="store_true", help="up: leave the cluster running; stop it with `down`")
     parser.add_argument("--postgres", default=ClusterSpec.postgres, help="PostgreSQL server URL, without a database")
     parser.add_argument("--workers", type=int, default=1)
@@ -416,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"cluster up: MLflow {cluster.mlflow_uri}, Ray dashboard {cluster.dashboard_url}, Optuna {cluster.optuna_url}\n"
           f"point launch.py at it with:\n{exports}\n", flush=True)
     if args.detach:
-        print(f"stop it with: python -m ghm.cluster down --workdir {spec.workdir}")
+        print(f"stop it with: python -m devtools.cluster down --workdir {spec.workdir}")
         return
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the cluster as Ctrl-C does
     try:

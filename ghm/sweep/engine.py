@@ -3,9 +3,9 @@
 Ray Tune schedules the trials (one per CPU or GPU share, a new one as soon as any finishes), stops
 unpromising ones early (ASHA on the per-epoch objective), retries trials whose worker died, and
 restores an interrupted sweep from its experiment directory. Each trial is one Hydra job of the
-task (``launch.py``), run in a Ray worker exactly as Hydra's launchers run jobs, inside a
-:class:`ghm.trial.TrialContext` so it reports epochs and nests its MLflow run under the sweep's
-parent run. After the trials, runs that differ only in the loss are paired with the declared
+task (``launch.py``), run in a Ray worker exactly as Hydra's launchers run jobs, with the
+environment of :mod:`ghm.sweep.task` so it reports epochs and nests its MLflow run under the
+sweep's parent run. After the trials, runs that differ only in the loss are paired with the declared
 baseline (reusing a finished baseline run from MLflow when one exists) and compared per seed.
 """
 
@@ -16,21 +16,25 @@ import json
 import logging
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobStatus, run_job, setup_globals
+from hydra.core.utils import JobStatus, env_override, run_job, setup_globals
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ghm import trial
-from ghm.paired import PairedComparison, compare, format_table
-from ghm.search_space import SearchSpace, parse_search_space
-from ghm.tracking import PROJECT_DIR, pair_key
+from ghm.comparison.pairing import Pairing
+from ghm.comparison.statistics import PairedComparison, compare, format_table
+from ghm.sweep.space import SearchSpace, parse_search_space
+from ghm.sweep.task import TRIAL_ENV
+from ghm.tracking.store import default_tracking_uri, experiment_id, tracking_client
+from ghm.tracking.version import code_version
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,7 @@ class SweepSettings:
     search: str = "auto"  # auto: optuna when hydra.sweeper.params sweeps anything, else a grid of the command line
     sampler: Any = None  # an instantiable Optuna sampler config (``_target_``)
     direction: str = "maximize"
-    storage: str | None = None  # Optuna RDB URL; default: OPTUNA_STORAGE, else sqlite optuna.db in the project directory
+    storage: str | None = None  # Optuna RDB URL; default: OPTUNA_STORAGE, else sqlite optuna.db in the launching directory
     study_name: str | None = None  # default: derived from the sweep's definition (same command, same study)
     n_trials: int = 20
     n_jobs: int = 2
@@ -60,8 +64,10 @@ class SweepSettings:
     reduction_factor: int = 2
     max_retries: int = 2  # retries of a trial whose worker died (from its last epoch checkpoint)
     baseline: str | None = "loss=focal"
+    pair_by: str = "seed"
+    pair_ignore: tuple[str, ...] = ()
     confirm_seeds: int = 0
-    storage_path: str | None = None  # Ray Tune results; default: ray_results/ in the project directory
+    storage_path: str | None = None  # Ray Tune results; default: ray_results/ in the launching directory
     resume: bool = True
 
 
@@ -86,7 +92,7 @@ class _Job:
     config: DictConfig
     singleton_state: Any
     fixed: tuple[str, ...]
-    grid: list[dict[str, Any]] | None
+    grid: dict[int, dict[str, Any]] | None  # a grid's points by trial number
     keys: tuple[str, ...]
     metric: str
     parent_run_id: str | None
@@ -95,50 +101,62 @@ class _Job:
     completed_dir: str  # one JSON per finished or failed trial: a resumed sweep never runs those again
 
 
+@contextmanager
+def _in_launch_dir(path: str) -> Iterator[None]:
+    """Run the job where the sweep was launched (where the node has that folder), as Hydra's launchers do.
+
+    Ray Tune starts a trial in a folder of its own; the job's relative paths (``hydra.runtime.cwd``,
+    the embedded MLflow store, the dataset cache) mean the launching directory, as on the command line.
+    """
+    previous = os.getcwd()
+    if os.path.isdir(path):
+        os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def _run_trial(tune_config: dict[str, Any], job: _Job) -> None:
     """The Ray Tune trainable: compose the trial's config, run the task, report its objective."""
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
-    number = int(tune_config["trial"]) if job.grid is not None else int(tune_config[OPTUNA_NUMBER])
-    params = job.grid[number] if job.grid is not None else {k: tune_config[k] for k in job.keys}
+    if job.grid is not None:
+        number = int(tune_config["trial"])
+        params = job.grid[number]
+    else:
+        number, params = int(tune_config[OPTUNA_NUMBER]), {k: tune_config[k] for k in job.keys}
     record = Path(job.completed_dir) / f"{number}.json"
     if record.is_file():  # finished before the sweep was interrupted: report it again, do not re-run it
         tune.report(json.loads(record.read_text()))
         return
     overrides = [*job.fixed, *(f"{k}={v}" for k, v in params.items())]
-    setup_globals()
-    Singleton.set_state(job.singleton_state)
-    config = job.hydra_context.config_loader.load_sweep_config(job.config, overrides)
-    with open_dict(config):
-        config.hydra.job.id = trial_id
-        config.hydra.job.num = number
-    HydraConfig.instance().set_config(config)
-    tags = {"sweep": job.sweep_name, "trial": str(number), **{f"param.{k}": str(v) for k, v in params.items()}}
-    if OmegaConf.select(config, "mlflow.run_name", default=None) is None:  # named after what it tries, in MLflow's UI
-        tags["mlflow.runName"] = f"{number}: " + (" ".join(f"{k}={v}" for k, v in params.items()) or "trial")
-    context = trial.TrialContext(number=number, params=params, parent_run_id=job.parent_run_id, report=tune.report, tags=tags)
-    with trial.active(context):
+    tags = {"sweep": job.sweep_name, "trial": str(number), **{f"param.{k}": str(v) for k, v in params.items()},
+            "mlflow.runName": f"{number}: " + (" ".join(f"{k}={v}" for k, v in params.items()) or "trial")}
+    if job.parent_run_id:
+        tags["mlflow.parentRunId"] = job.parent_run_id
+    with _in_launch_dir(job.config.hydra.runtime.cwd), env_override({TRIAL_ENV: str(number), "MLFLOW_RUN_CONTEXT": json.dumps(tags)}):
+        setup_globals()
+        Singleton.set_state(job.singleton_state)
+        config = job.hydra_context.config_loader.load_sweep_config(job.config, overrides)
+        with open_dict(config):
+            config.hydra.job.id = trial_id
+            config.hydra.job.num = number
+        HydraConfig.instance().set_config(config)
         result = run_job(hydra_context=job.hydra_context, task_function=job.task_function, config=config,
                          job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-    run_id = context.mlflow_run_id or ""
     if result.status == JobStatus.COMPLETED:
-        final = {job.metric: float(result.return_value), "trial_state": FINISHED, "mlflow_run_id": run_id}
+        final = {job.metric: float(result.return_value), "trial_state": FINISHED}
     else:  # the task raised: a failed trial, not a worker death, so not retried
         error = result._return_value
         log.error("trial %d failed: %s: %s", number, type(error).__name__, error)
-        final = {job.metric: job.failure_value, "trial_state": FAILED, "error": f"{type(error).__name__}: {error}",
-                 "mlflow_run_id": run_id}
+        final = {job.metric: job.failure_value, "trial_state": FAILED, "error": f"{type(error).__name__}: {error}"}
     record.parent.mkdir(parents=True, exist_ok=True)
     partial = record.with_suffix(".partial")
     partial.write_text(json.dumps(final))
     os.replace(partial, record)
     tune.report(final)
-
-
-def setting_label(params: dict[str, Any]) -> str:
-    """What a trial tries, as its swept values but the seed: trials with the same label are one setting."""
-    return " ".join(f"{k}={v}" for k, v in params.items() if k != "seed") or "candidate"
 
 
 def sweep_name(settings: SweepSettings, space: SearchSpace, mode: str) -> str:
@@ -168,6 +186,9 @@ class SweepEngine:
         self.task_function = task_function
         self.config = config
         self.mode = "max" if settings.direction == "maximize" else "min"
+        self.root_dir = Path(config.hydra.runtime.cwd)  # the launching working directory: relative paths are under it
+        pairing = Pairing.declare(settings.baseline, settings.pair_by, settings.pair_ignore)
+        self.pairing = pairing if pairing.applies_to(config) else Pairing(pair_by=settings.pair_by, ignore=pairing.ignore)
         self.tracker = self._parent_tracker()
 
     # -- the sweep -----------------------------------------------------------------------------
@@ -198,23 +219,23 @@ class SweepEngine:
 
     def _search(self, space: SearchSpace, mode: str, name: str, parent: str | None) -> list[TrialOutcome]:
         if mode == "grid":
-            grid = space.grid()
-            reused, grid = self._reuse_baselines(space.fixed, grid)
-            return reused + self._fit(name, space.fixed, grid, None, parent, name)
+            grid = dict(enumerate(space.grid()))
+            reused = self._reuse_baselines(space.fixed, grid)
+            return reused + self._fit(name, space.fixed, grid, None, parent, name, skip={o.number for o in reused})
         return self._fit(name, space.fixed, None, space, parent, name)
 
-    def _fit(self, experiment: str, fixed: tuple[str, ...], grid: list[dict[str, Any]] | None, space: SearchSpace | None,
-             parent: str | None, name: str) -> list[TrialOutcome]:
+    def _fit(self, experiment: str, fixed: tuple[str, ...], grid: dict[int, dict[str, Any]] | None, space: SearchSpace | None,
+             parent: str | None, name: str, skip: set[int] = frozenset()) -> list[TrialOutcome]:
         """Run trials on Ray Tune (restoring the experiment when it exists) and collect their outcomes."""
         import ray
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-        if grid is not None and not grid:
+        if grid is not None and not set(grid) - skip:
             return []
         self._init_ray()
         failure_value = -math.inf if self.mode == "max" else math.inf
-        storage = str(Path(self.settings.storage_path or PROJECT_DIR / "ray_results").resolve())
+        storage = str((self.root_dir / (self.settings.storage_path or "ray_results")).resolve())
         job = _Job(self.hydra_context, self.task_function, self.config, Singleton.get_state(), fixed, grid,
                    space.keys if space else (), self.settings.metric, parent, name, failure_value,
                    os.path.join(storage, experiment, "completed"))
@@ -228,7 +249,7 @@ class SweepEngine:
         if grid is not None:
             tune_config = tune.TuneConfig(metric=self.settings.metric, mode=self.mode, scheduler=scheduler,
                                           max_concurrent_trials=self.settings.n_jobs, reuse_actors=True)
-            param_space: dict[str, Any] = {"trial": tune.grid_search(list(range(len(grid))))}
+            param_space: dict[str, Any] = {"trial": tune.grid_search(sorted(set(grid) - skip))}
         else:
             tune_config = tune.TuneConfig(metric=self.settings.metric, mode=self.mode, scheduler=scheduler,
                                           search_alg=self._optuna_search(space, name), num_samples=self.settings.n_trials,
@@ -247,8 +268,11 @@ class SweepEngine:
         outcomes = []
         for index, result in enumerate(results):
             metrics = result.metrics or {}
-            number = int(result.config["trial"] if grid is not None else result.config.get(OPTUNA_NUMBER, index))
-            params = grid[number] if grid is not None else {k: result.config[k] for k in space.keys}
+            if grid is not None:
+                number = int(result.config["trial"])
+                params = grid[number]
+            else:
+                number, params = int(result.config.get(OPTUNA_NUMBER, index)), {k: result.config[k] for k in space.keys}
             state = metrics.get("trial_state")
             if result.error is not None:
                 state, error = FAILED, f"{type(result.error).__name__}: {result.error}"
@@ -256,14 +280,13 @@ class SweepEngine:
                 state, error = (state if state in (FINISHED, FAILED) else PRUNED), metrics.get("error")
             objective = metrics.get(self.settings.metric) if state != FAILED else None
             outcomes.append(TrialOutcome(number=number, params=params, state=state, objective=objective,
-                                         seed=self._seed(fixed, params), baseline=self._is_baseline(params),
-                                         mlflow_run_id=metrics.get("mlflow_run_id") or None, error=error))
+                                         seed=self._seed(fixed, params), baseline=self.pairing.is_baseline(params), error=error))
         if not self._external_ray():
             ray.shutdown()
         return sorted(outcomes, key=lambda o: o.number)
 
     def _optuna_storage(self) -> str:
-        return self.settings.storage or os.environ.get("OPTUNA_STORAGE") or f"sqlite:///{PROJECT_DIR / 'optuna.db'}"
+        return self.settings.storage or os.environ.get("OPTUNA_STORAGE") or f"sqlite:///{self.root_dir.resolve() / 'optuna.db'}"
 
     def _optuna_search(self, space: SearchSpace, name: str) -> Any:
         import optuna
@@ -294,48 +317,36 @@ class SweepEngine:
 
     # -- baselines and comparison ---------------------------------------------------------------
 
-    def _baseline_override(self) -> tuple[str, str] | None:
-        """The baseline as (key, value), when the task's config has that key at all."""
-        if not self.settings.baseline or "=" not in self.settings.baseline:
-            return None
-        key, value = self.settings.baseline.split("=", 1)
-        choices = self.config.hydra.runtime.choices
-        if key in choices or OmegaConf.select(self.config, key, default=None) is not None:
-            return key, value
-        return None
-
-    def _is_baseline(self, params: dict[str, Any]) -> bool:
-        baseline = self._baseline_override()
-        return baseline is not None and str(params.get(baseline[0])) == baseline[1]
-
     def _seed(self, fixed: tuple[str, ...], params: dict[str, Any]) -> int | None:
-        if "seed" in params:
-            return int(params["seed"])
+        """The trial's value of the pairing key: swept, fixed on the command line, or the task's default."""
+        key = self.pairing.pair_by
+        if key in params:
+            return int(params[key])
         for line in fixed:
-            if line.startswith("seed="):
+            if line.startswith(f"{key}="):
                 return int(line.split("=", 1)[1])
-        seed = OmegaConf.select(self.config, "seed", default=None)
+        seed = OmegaConf.select(self.config, key, default=None)
         return int(seed) if seed is not None else None
 
-    def _reuse_baselines(self, fixed: tuple[str, ...], grid: list[dict[str, Any]]) -> tuple[list[TrialOutcome], list[dict[str, Any]]]:
+    def _reuse_baselines(self, fixed: tuple[str, ...], grid: dict[int, dict[str, Any]]) -> list[TrialOutcome]:
         """Baseline grid points that already ran with the identical config come from MLflow instead of a new run."""
-        if self.tracker is None or self._baseline_override() is None:
-            return [], grid
-        reused, remaining = [], []
-        for number, params in enumerate(grid):
-            run = self._finished_baseline(fixed, params) if self._is_baseline(params) else None
+        if self.tracker is None or self.pairing.baseline is None:
+            return []
+        reused = []
+        for number, params in grid.items():
+            run = self._finished_baseline(fixed, params) if self.pairing.is_baseline(params) else None
             if run is None:
-                remaining.append(params)
                 continue
-            reused.append(TrialOutcome(number=number, params=params, state=REUSED, objective=run.data.metrics.get(self.settings.metric),
+            reused.append(TrialOutcome(number=number, params=params, state=REUSED,
+                                       objective=run.data.metrics.get(self.settings.metric),
                                        seed=self._seed(fixed, params), baseline=True, mlflow_run_id=run.info.run_id))
             log.info("baseline %s reused from MLflow run %s", params, run.info.run_id)
-        return reused, remaining
+        return reused
 
     def _finished_baseline(self, fixed: tuple[str, ...], params: dict[str, Any]) -> Any:
         overrides = [*fixed, *(f"{k}={v}" for k, v in params.items())]
         config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        key = pair_key(config)
+        key = self.pairing.pair_key(config, code_version())
         query = f"tags.pair_key = '{key}' and tags.baseline = 'true' and attributes.status = 'FINISHED'"
         runs = self.tracker.search_runs([self.experiment_id], filter_string=query, max_results=1,
                                         order_by=["attributes.start_time DESC"])
@@ -350,7 +361,7 @@ class SweepEngine:
         for o in outcomes:
             if o.baseline or o.objective is None or o.state != FINISHED or o.seed is None:
                 continue
-            label = setting_label(o.params)
+            label = self.pairing.setting_label(o.params)
             settings.setdefault(label, {})[o.seed] = o.objective
         return [compare(label, values, baseline) for label, values in settings.items() if set(values) & set(baseline)]
 
@@ -359,7 +370,7 @@ class SweepEngine:
         sign = 1 if self.mode == "max" else -1
         if comparisons:
             best = max(comparisons, key=lambda c: sign * c.mean).setting
-            return next(o.params for o in outcomes if not o.baseline and setting_label(o.params) == best)
+            return next(o.params for o in outcomes if not o.baseline and self.pairing.setting_label(o.params) == best)
         finished = [o for o in outcomes if o.state == FINISHED and not o.baseline and o.objective is not None]
         return max(finished, key=lambda o: sign * o.objective).params if finished else None
 
@@ -373,16 +384,17 @@ class SweepEngine:
         used = {o.seed for o in outcomes if o.seed is not None}
         start = max(used) + 1 if used else 0
         seeds = list(range(start, start + self.settings.confirm_seeds))
-        setting = {k: v for k, v in params.items() if k != "seed"}
-        grid = [{**setting, "seed": s} for s in seeds]
-        baseline = self._baseline_override()
-        grid += [{baseline[0]: baseline[1], "seed": s} for s in seeds] if baseline else []
-        fixed = tuple(line for line in space.fixed if not line.startswith("seed="))
+        key = self.pairing.pair_by
+        setting = {k: v for k, v in params.items() if k != key}
+        points = [{**setting, key: s} for s in seeds]
+        if self.pairing.baseline_key:
+            points += [{self.pairing.baseline_key: self.pairing.baseline_value, key: s} for s in seeds]
+        first = max(o.number for o in outcomes) + 1  # confirmation trials continue the sweep's numbering
+        grid = dict(enumerate(points, start=first))
+        fixed = tuple(line for line in space.fixed if not line.startswith(f"{key}="))
         log.info("confirming %s against the baseline on seeds %s", setting, seeds)
-        reused, grid = self._reuse_baselines(fixed, grid)
-        confirmed = reused + self._fit(f"{name}-confirm", fixed, grid, None, parent, name)
-        for outcome in confirmed:
-            outcome.number += 100_000  # confirmation trials, kept apart from the search's numbers
+        reused = self._reuse_baselines(fixed, grid)
+        confirmed = reused + self._fit(f"{name}-confirm", fixed, grid, None, parent, name, skip={o.number for o in reused})
         return outcomes + confirmed, comparisons + self._compare(confirmed)
 
     # -- MLflow parent run ------------------------------------------------------------------------
@@ -390,13 +402,9 @@ class SweepEngine:
     def _parent_tracker(self) -> Any:
         if OmegaConf.select(self.config, "mlflow.experiment_name", default=None) is None:
             return None  # a task without MLflow settings: no parent run
-        from mlflow.tracking import MlflowClient
-
-        from ghm.tracking import default_tracking_uri, experiment_id
-
-        uri = OmegaConf.select(self.config, "mlflow.tracking_uri", default=None) or default_tracking_uri()
-        client = MlflowClient(uri)
-        self.experiment_id = experiment_id(client, self.config.mlflow.experiment_name, uri)
+        uri = OmegaConf.select(self.config, "mlflow.tracking_uri", default=None) or default_tracking_uri(self.root_dir)
+        client = tracking_client(uri)
+        self.experiment_id = experiment_id(client, self.config.mlflow.experiment_name)
         return client
 
     def _start_parent(self, name: str, space: SearchSpace, mode: str) -> str | None:
@@ -424,6 +432,7 @@ class SweepEngine:
         if self.tracker:
             print(f"Browse the runs: mlflow ui --backend-store-uri {self.tracker.tracking_uri}  (parent run {parent})\n")
         if self.tracker and parent:
+            self._attach_runs(outcomes, parent)
             for outcome in outcomes:
                 if outcome.mlflow_run_id and outcome.state in (PRUNED, FAILED, FINISHED):
                     self.tracker.set_tag(outcome.mlflow_run_id, "trial_state", outcome.state)
@@ -447,9 +456,20 @@ class SweepEngine:
             raise RuntimeError(f"{counts[FAILED]} of {total} trials failed, above hydra.sweeper.max_failure_rate="
                                f"{self.settings.max_failure_rate}: see the trials' errors above")
 
+    def _attach_runs(self, outcomes: list[TrialOutcome], parent: str) -> None:
+        """Each trial's MLflow run, found by its ``trial`` tag among the parent's children (the latest, if it ran twice)."""
+        children = self.tracker.search_runs([self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+                                            max_results=50_000, order_by=["attributes.start_time DESC"])
+        runs: dict[str, str] = {}
+        for run in children:
+            runs.setdefault(run.data.tags.get("trial", ""), run.info.run_id)
+        for outcome in outcomes:
+            if outcome.state != REUSED:
+                outcome.mlflow_run_id = runs.get(str(outcome.number))
+
     def _dashboard(self, parent: str, name: str) -> None:
         """Build the sweep's dashboard and log it on the parent run; a failure is reported, the sweep's records stay."""
-        from ghm.dashboard import build_dashboard
+        from ghm.dashboard.page import build_dashboard
 
         try:
             path = build_dashboard(self.config.mlflow.experiment_name, name, tracking_uri=self.tracker.tracking_uri,
@@ -475,6 +495,5 @@ class SweepEngine:
             ray.init(address=self.settings.ray_address or os.environ["RAY_ADDRESS"])
         else:
             # "local": a new instance even where a cluster started by `ray start` runs on this machine.
-            ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(PROJECT_DIR)}},
-                     log_to_driver=True, configure_logging=False)
+            ray.init(address="local", include_dashboard=False, log_to_driver=True, configure_logging=False)
 

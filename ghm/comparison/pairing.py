@@ -1,0 +1,101 @@
+"""The comparison's one declaration: which runs are the baseline, what pairs two runs, and what a setting is.
+
+A sweep declares it in its sweeper config (``hydra.sweeper.baseline``, ``pair_by``,
+``pair_ignore``); the engine uses it to pick and reuse baselines, the task to tag its MLflow run
+(``baseline``, ``pair_key``), and the sweep record carries it to the dashboard. Two runs pair when
+their configs agree on everything but the baseline's key and the ignored keys (same data, model,
+schedule, seed and code version: their :func:`Pairing.pair_key`), and a setting is what a trial
+tries but the pairing key: trials with one :meth:`Pairing.setting_label` are seeds of one setting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """The baseline (``baseline_key=baseline_value``, or none), the key whose values pair runs, and keys that never count."""
+
+    baseline_key: str | None = None
+    baseline_value: str | None = None
+    pair_by: str = "seed"
+    ignore: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def declare(cls, baseline: str | None, pair_by: str = "seed", ignore: Sequence[str] = ()) -> Pairing:
+        """Parse the sweeper's ``baseline`` (an override ``key=value``, or null) with Hydra's override parser."""
+        if not baseline:
+            return cls(pair_by=pair_by, ignore=tuple(ignore))
+        try:
+            override = OverridesParser.create().parse_override(baseline)
+        except Exception as err:  # the parser's own error says where the grammar broke
+            raise ValueError(f"hydra.sweeper.baseline must be an override key=value, got {baseline!r}: {err}") from err
+        if override.is_sweep_override() or override.is_add() or override.is_delete() or override.value() is None:
+            raise ValueError(f"hydra.sweeper.baseline must be one plain override key=value, got {baseline!r}")
+        return cls(override.get_key_element(), override.get_value_element_as_str(), pair_by, tuple(ignore))
+
+    @classmethod
+    def from_sweeper(cls, sweeper: Any) -> Pairing:
+        """The declaration of a sweeper config node (``hydra.sweeper``); no baseline where it declares none."""
+        return cls.declare(OmegaConf.select(sweeper, "baseline", default=None), OmegaConf.select(sweeper, "pair_by", default="seed"),
+                           list(OmegaConf.select(sweeper, "pair_ignore", default=None) or ()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"baseline_key": self.baseline_key, "baseline_value": self.baseline_value, "pair_by": self.pair_by,
+                "ignore": list(self.ignore)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Pairing:
+        return cls(data["baseline_key"], data["baseline_value"], data["pair_by"], tuple(data["ignore"]))
+
+    @property
+    def baseline(self) -> str | None:
+        """The baseline as its override, e.g. ``loss=focal``."""
+        return f"{self.baseline_key}={self.baseline_value}" if self.baseline_key else None
+
+    def is_baseline(self, params: Mapping[str, Any]) -> bool:
+        """Whether a trial's swept values (or a run's choices) select the baseline."""
+        return self.baseline_key is not None and str(params.get(self.baseline_key)) == self.baseline_value
+
+    def is_baseline_run(self, config: DictConfig, choices: Mapping[str, Any]) -> bool:
+        """Whether a composed config is the baseline: its group choice (``loss=focal``) or its value of the key."""
+        if self.baseline_key is None:
+            return False
+        value = choices[self.baseline_key] if self.baseline_key in choices else OmegaConf.select(config, self.baseline_key, default=None)
+        return str(value) == self.baseline_value
+
+    def applies_to(self, config: DictConfig) -> bool:
+        """Whether the task has the baseline's key at all (as a config group or a value); a sphere has no ``loss``."""
+        if self.baseline_key is None:
+            return False
+        return self.baseline_key in config.hydra.runtime.choices or OmegaConf.select(config, self.baseline_key, default=None) is not None
+
+    def setting_label(self, params: Mapping[str, Any]) -> str:
+        """What a trial tries, as its swept values but the pairing key: trials with one label are one setting."""
+        return " ".join(f"{k}={v}" for k, v in params.items() if k != self.pair_by) or "candidate"
+
+    def pair_key(self, config: DictConfig, code_version: str) -> str:
+        """What a candidate and its baseline share: the task's config but the baseline's and ignored keys, and the code."""
+        container = OmegaConf.to_container(config, resolve=False)
+        for key in ("hydra", *(k for k in (self.baseline_key,) if k), *self.ignore):
+            _drop(container, key)
+        payload = json.dumps({"config": container, "code": code_version}, sort_keys=True, default=str)
+        return hashlib.sha1(payload.encode()).hexdigest()[:16]
+
+
+def _drop(container: dict[str, Any], dotted: str) -> None:
+    """Remove a dotted key (``loss`` or ``train.figures``) from a nested dict, if present."""
+    *parents, last = dotted.split(".")
+    for part in parents:
+        container = container.get(part)
+        if not isinstance(container, dict):
+            return
+    container.pop(last, None)

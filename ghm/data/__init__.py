@@ -1,0 +1,6 @@
+"""Detection datasets in COCO format: a validated loader, and the built-in Digits-Det generator.
+
+A dataset is a function returning :class:`~ghm.data.coco.DetectionData` (train and val
+:class:`~ghm.data.coco.CocoDetection` splits and an id for tracking), named by ``_target_`` in a
+file of ``conf/data/``.
+"""

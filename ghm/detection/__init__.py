@@ -1,0 +1,1 @@
+"""The detector and its training: RetinaNet with pluggable losses, backbones, the training loop, checkpoints, evaluation."""

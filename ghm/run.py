@@ -1,0 +1,116 @@
+"""The composition root: one training job built from its validated config.
+
+:func:`build_job` builds every part a run needs, in one place and in a fixed order (the data,
+then the losses and the model from the seed, the optimizer, the loaders, the checkpoint and the
+tracker with its tags); :func:`ghm.detection.training.train` runs it. Process-wide settings
+(``torch.distributed``'s process group, torch's CPU threads) are made by the entry point
+(:mod:`ghm.app`) before, and the job only reads them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ghm.comparison.pairing import Pairing
+from ghm.config import ConfigError, RunConfig, instantiate_labelled
+from ghm.data.coco import DetectionData, collate
+from ghm.detection.checkpoint import Checkpoint, RunIdentity
+from ghm.detection.model import GHMRetinaNet
+from ghm.detection.schedule import base_lr
+from ghm.tracking.run import RunTracker
+from ghm.tracking.store import default_tracking_uri
+from ghm.tracking.version import code_version
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place under ``torchrun`` (one process: the defaults)."""
+
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+
+@dataclass
+class Job:
+    """Everything one training run uses, built from its config by :func:`build_job`."""
+
+    config: RunConfig
+    device: torch.device
+    world_size: int
+    rank: int
+    data: DetectionData
+    model: GHMRetinaNet
+    ddp: DistributedDataParallel | None  # the model as trained under torchrun, else None
+    optimizer: torch.optim.Optimizer
+    amp: bool
+    scaler: torch.amp.GradScaler
+    sampler: DistributedSampler
+    loader: DataLoader
+    val_loader: DataLoader
+    iters_per_epoch: int
+    checkpoint: Checkpoint
+    tracker: RunTracker | None  # rank 0's
+    tags: dict[str, str]
+
+
+def build_job(run: RunConfig, pairing: Pairing, choices: Mapping[str, str], processes: Processes = Processes()) -> Job:
+    """Build the run's parts; ``pairing`` and Hydra's group ``choices`` decide its ``baseline`` and ``pair_key`` tags."""
+    cfg = run.train
+    if cfg.batch_size % processes.world_size:
+        raise ConfigError(f"train.batch_size must be divisible by the {processes.world_size} processes, got {cfg.batch_size}")
+    device = resolve_device(run.device, processes.local_rank)
+    data: DetectionData = instantiate_labelled(run.raw.data)
+    model = build_model(run, data.train.num_classes).to(device)
+    sampler = DistributedSampler(data.train, num_replicas=processes.world_size, rank=processes.rank, shuffle=True, seed=run.seed,
+                                 drop_last=True)
+    loader = DataLoader(data.train, batch_size=cfg.batch_size // processes.world_size, sampler=sampler, collate_fn=collate,
+                        num_workers=cfg.num_workers, drop_last=True)
+    if len(loader) == 0:
+        raise ConfigError(f"train.batch_size ({cfg.batch_size}) exceeds the {len(data.train)} training images")
+    amp = cfg.amp and device.type == "cuda"
+    tracker = RunTracker(run.mlflow.tracking_uri or default_tracking_uri(run.paths.root_dir), run.mlflow.experiment_name) \
+        if processes.rank == 0 else None
+    tags = {"loss_family": run.loss.family, "baseline": str(pairing.is_baseline_run(run.raw, choices)).lower(),
+            "dataset": data.dataset_id, "code_version": code_version(), "device": str(device), "model": run.model.name,
+            "world_size": str(processes.world_size), "pair_key": pairing.pair_key(run.raw, code_version())}
+    return Job(config=run, device=device, world_size=processes.world_size, rank=processes.rank, data=data, model=model,
+               ddp=DistributedDataParallel(model) if processes.world_size > 1 else None, optimizer=build_optimizer(run, model),
+               amp=amp, scaler=torch.amp.GradScaler("cuda", enabled=amp), sampler=sampler, loader=loader,
+               val_loader=DataLoader(data.val, batch_size=cfg.batch_size, collate_fn=collate, num_workers=cfg.num_workers),
+               iters_per_epoch=min(len(loader), cfg.max_iters_per_epoch or len(loader)),
+               checkpoint=Checkpoint(Path(run.raw.checkpoint_dir), RunIdentity.of(run.raw, code_version())), tracker=tracker,
+               tags=tags)
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    """``device``: ``auto`` is this rank's GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device must be available: {name!r} was asked for but CUDA is not available")
+    return torch.device(name)
+
+
+def build_model(run: RunConfig, num_classes: int) -> GHMRetinaNet:
+    """The detector with the configured losses, its initial weights drawn from the run's seed alone."""
+    cls_loss = instantiate_labelled(run.raw.loss.cls)
+    reg_loss = instantiate_labelled(run.raw.loss.reg)
+    with torch.random.fork_rng(devices=[]):  # the seed fixes the weights without touching the process's random state
+        torch.manual_seed(run.seed)
+        return instantiate(run.raw.model, num_classes=num_classes, cls_loss=cls_loss, reg_loss=reg_loss, _convert_="all")
+
+
+def build_optimizer(run: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD with momentum; no weight decay on biases and normalisation parameters."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if p.ndim > 1], "weight_decay": run.train.weight_decay},
+              {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=base_lr(run.train), momentum=run.train.momentum)
