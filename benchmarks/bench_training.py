@@ -60,13 +60,14 @@ def main() -> None:
     images, targets = collate([dataset[i] for i in range(args.batch)])
     images = [i.to(device) for i in images]
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-    anchors = [12, 24, 48, 96] if args.model == "retinanet_tiny" else [32, 64, 128, 256, 512]  # as conf/model/<model>.yaml
+    backbone, anchors = (("tiny", [12, 24, 48, 96]) if args.model == "retinanet_tiny"  # as conf/model/<model>.yaml
+                         else ("resnet50", [32, 64, 128, 256, 512]))
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, {args.model}, batch {args.batch} "
           f"x {args.image_size}px, median of {args.repeats} steps")
     models = {}
     for name, (cls, reg, per_level) in PAIRS.items():
         torch.manual_seed(0)
-        model = build_detector(args.model, dataset.num_classes, cls(), reg(), anchor_sizes=anchors, min_size=args.image_size,
+        model = build_detector(dataset.num_classes, cls(), reg(), backbone=backbone, anchor_sizes=anchors, min_size=args.image_size,
                                max_size=args.image_size, per_level=per_level).to(device).train()
         models[name] = (model, torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9))
     times: dict[str, list[float]] = {name: [] for name in models}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -20,6 +21,8 @@ from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ghm.data.digits_det import DigitsDetParams
+from ghm.detection.backbones import RESNETS
+from ghm.detection.pretraining import PretrainingParams
 
 
 class ConfigError(ValueError):
@@ -61,6 +64,7 @@ class GHMCConfig(ClassificationLossConfig):
     bins: int = MISSING
     momentum: float = MISSING
     density: str = MISSING
+    ema_start: str = MISSING
 
 
 @dataclass
@@ -84,6 +88,7 @@ class GHMRConfig(RegressionLossConfig):
     mu: float = MISSING
     bins: int = MISSING
     momentum: float = MISSING
+    ema_start: str = MISSING
 
 
 @dataclass
@@ -118,7 +123,8 @@ class ModelConfig:
     """The detector; the defaults are those of :func:`ghm.detection.model.build_detector` (``retinanet_tiny``)."""
 
     _target_: str = "ghm.detection.model.build_detector"
-    name: str = "retinanet_tiny"
+    name: str = "retinanet_tiny"  # what the tracking calls the model (tag ``model``)
+    backbone: str = "tiny"  # tiny, or a torchvision ResNet (resnet50, resnet101, ...)
     width: int = 32  # retinanet_tiny: channels of the first stage
     fpn_channels: int = 64  # retinanet_tiny
     anchor_sizes: list[int] = field(default_factory=lambda: [12, 24, 48, 96])  # one base size per level
@@ -132,7 +138,10 @@ class ModelConfig:
     weights: str | None = None
 
     def validate(self) -> None:
-        _choice("model.name", self.name, ("retinanet_tiny", "retinanet_r50_fpn"))
+        _choice("model.name", self.name, ("retinanet_tiny", "retinanet_r50_fpn", "retinanet_r101_fpn"))
+        _choice("model.backbone", self.backbone, ("tiny", *RESNETS))
+        _require((self.backbone == "tiny") == (self.name == "retinanet_tiny"), "model.backbone",
+                 "tiny for retinanet_tiny and a ResNet for the others", f"{self.backbone} with model.name={self.name}")
         for key in ("width", "fpn_channels", "min_size", "max_size", "detections_per_img"):
             _require(getattr(self, key) >= 1, f"model.{key}", "an integer >= 1", getattr(self, key))
         _require(self.max_size >= self.min_size, "model.max_size", f">= model.min_size ({self.min_size})", self.max_size)
@@ -165,6 +174,53 @@ class DigitsDataConfig(DigitsDetParams):
         _require(0.0 <= self.occlusion_prob <= 1.0, "data.occlusion_prob", "in [0, 1]", self.occlusion_prob)
         _require(self.class_tail >= 0 and self.noise_std >= 0 and self.max_distractors >= 0, "data.class_tail/noise_std/max_distractors",
                  ">= 0", (self.class_tail, self.noise_std, self.max_distractors))
+
+
+@dataclass
+class PretrainConfig:
+    """How the backbone starts: from scratch (``pretrain=none``), trainable BatchNorm, nothing frozen."""
+
+    name: str = "none"
+    frozen_stages: int = -1  # mmdetection's meaning: -1 none, 0 the stem, k the stem and layer1..layer k
+    norm_eval: bool = False  # frozen BatchNorm (statistics and affine parameters)
+
+    def validate(self) -> None:
+        _require(-1 <= self.frozen_stages <= 4, "pretrain.frozen_stages", "in [-1, 4]", self.frozen_stages)
+        if self.name == "none":
+            _require(self.frozen_stages == -1 and not self.norm_eval, "pretrain.frozen_stages/norm_eval",
+                     "-1/false when training from scratch (frozen random weights, or BatchNorm frozen at identity statistics, "
+                     "would never learn)", (self.frozen_stages, self.norm_eval))
+
+
+@dataclass
+class CheckpointPretrainConfig(PretrainConfig):
+    """A local torchvision-format classification checkpoint (e.g. ImageNet ResNet-50): the paper's protocol."""
+
+    name: str = "imagenet"
+    weights: str = MISSING
+    frozen_stages: int = 1
+    norm_eval: bool = True
+
+    def validate(self) -> None:
+        super().validate()
+        _require(Path(self.weights).is_file(), "pretrain.weights", "an existing checkpoint file", self.weights)
+
+
+@dataclass
+class DigitsPretrainConfig(PretrainConfig, PretrainingParams):
+    """The embedded stage: the tiny backbone trained on Digits-Det crops (:mod:`ghm.detection.pretraining`), cached."""
+
+    name: str = "digits"
+    cache_dir: str = MISSING  # trained once per parameter set into <cache_dir>/<key>
+
+    def validate(self) -> None:
+        super().validate()
+        for key in ("images", "crop_size", "epochs", "batch_size", "backgrounds_per_image"):
+            _require(getattr(self, key) >= 1, f"pretrain.{key}", "an integer >= 1", getattr(self, key))
+        _require(0.0 < self.holdout_fraction < 1.0, "pretrain.holdout_fraction", "in (0, 1)", self.holdout_fraction)
+        for key in ("lr", "context"):
+            _require(getattr(self, key) > 0, f"pretrain.{key}", "> 0", getattr(self, key))
+        _require(self.weight_decay >= 0, "pretrain.weight_decay", ">= 0", self.weight_decay)
 
 
 @dataclass
@@ -249,6 +305,7 @@ class Config:
     loss: LossConfig = MISSING
     model: ModelConfig = MISSING
     data: Any = MISSING  # DigitsDataConfig or CocoDataConfig, by the group's choice
+    pretrain: Any = MISSING  # PretrainConfig, CheckpointPretrainConfig or DigitsPretrainConfig, by the group's choice
     train: TrainConfig = MISSING
     paths: PathsConfig = MISSING
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
@@ -268,6 +325,9 @@ def register() -> None:
     store.store(group="model", name="schema", node=ModelConfig)
     store.store(group="data", name="digits_schema", node=DigitsDataConfig)
     store.store(group="data", name="coco_schema", node=CocoDataConfig)
+    store.store(group="pretrain", name="none_schema", node=PretrainConfig)
+    store.store(group="pretrain", name="checkpoint_schema", node=CheckpointPretrainConfig)
+    store.store(group="pretrain", name="digits_schema", node=DigitsPretrainConfig)
     store.store(group="train", name="schema", node=TrainConfig)
     store.store(group="paths", name="schema", node=PathsConfig)
 
@@ -279,6 +339,7 @@ class RunConfig:
     loss: LossConfig
     model: ModelConfig
     data: DigitsDataConfig | CocoDataConfig
+    pretrain: PretrainConfig
     train: TrainConfig
     paths: PathsConfig
     mlflow: MlflowConfig
@@ -289,11 +350,19 @@ class RunConfig:
 
 def validate(cfg: DictConfig) -> RunConfig:
     """Check every value and build the losses once, so a bad config fails before any work."""
-    sections = {key: OmegaConf.to_object(cfg[key]) for key in ("loss", "model", "data", "train", "paths", "mlflow")}
+    sections = {key: OmegaConf.to_object(cfg[key]) for key in ("loss", "model", "data", "pretrain", "train", "paths", "mlflow")}
     if not isinstance(sections["data"], DigitsDataConfig | CocoDataConfig):
         raise ConfigError(f"data must be a config of the 'data' group (digits or coco), got {type(sections['data']).__name__}")
-    for key in ("model", "data", "train"):
+    if not isinstance(sections["pretrain"], PretrainConfig):
+        raise ConfigError(f"pretrain must be a config of the 'pretrain' group (digits, imagenet or none), "
+                          f"got {type(sections['pretrain']).__name__}")
+    for key in ("model", "data", "pretrain", "train"):
         sections[key].validate()
+    if isinstance(sections["pretrain"], DigitsPretrainConfig):
+        _require(isinstance(sections["data"], DigitsDataConfig) and sections["model"].backbone == "tiny", "pretrain",
+                 "imagenet (with pretrain.weights) or none unless data=digits and the tiny backbone (pretrain=digits trains "
+                 "the tiny backbone on Digits-Det crops)",
+                 f"digits with data={sections['data'].name} and model.backbone={sections['model'].backbone}")
     _require(cfg.device == "auto" or cfg.device == "cpu" or str(cfg.device).startswith("cuda"), "device",
              "auto, cpu, cuda or cuda:N", cfg.device)
     for key, kinds, group in (("cls", CLASSIFICATION_LOSSES, "classification"), ("reg", REGRESSION_LOSSES, "regression")):

@@ -9,20 +9,22 @@ tracker with its tags); :func:`ghm.detection.training.train` runs it. Process-wi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ghm.comparison.pairing import Pairing
-from ghm.config import ConfigError, RunConfig, instantiate_labelled
+from ghm.config import ConfigError, DigitsPretrainConfig, RunConfig, instantiate_labelled
 from ghm.data.coco import DetectionData, collate
+from ghm.data.digits_det import DigitsDetParams
 from ghm.detection.checkpoint import Checkpoint, RunIdentity
 from ghm.detection.model import GHMRetinaNet
+from ghm.detection.pretraining import PretrainedBackbone, PretrainingParams, ensure_pretrained_backbone, record_in_mlflow
 from ghm.detection.schedule import base_lr
 from ghm.tracking.run import RunTracker
 from ghm.tracking.store import default_tracking_uri
@@ -68,7 +70,9 @@ def build_job(run: RunConfig, pairing: Pairing, choices: Mapping[str, str], proc
         raise ConfigError(f"train.batch_size must be divisible by the {processes.world_size} processes, got {cfg.batch_size}")
     device = resolve_device(run.device, processes.local_rank)
     data: DetectionData = instantiate_labelled(run.raw.data)
-    model = build_model(run, data.train.num_classes).to(device)
+    pretrained = pretrained_backbone(run) if isinstance(run.pretrain, DigitsPretrainConfig) else None
+    backbone_weights = str(pretrained.weights) if pretrained else getattr(run.pretrain, "weights", None)
+    model = build_model(run, data.train.num_classes, backbone_weights).to(device)
     sampler = DistributedSampler(data.train, num_replicas=processes.world_size, rank=processes.rank, shuffle=True, seed=run.seed,
                                  drop_last=True)
     loader = DataLoader(data.train, batch_size=cfg.batch_size // processes.world_size, sampler=sampler, collate_fn=collate,
@@ -81,6 +85,8 @@ def build_job(run: RunConfig, pairing: Pairing, choices: Mapping[str, str], proc
     tags = {"loss_family": run.loss.family, "baseline": str(pairing.is_baseline_run(run.raw, choices)).lower(),
             "dataset": data.dataset_id, "code_version": code_version(), "device": str(device), "model": run.model.name,
             "world_size": str(processes.world_size), "pair_key": pairing.pair_key(run.raw, code_version())}
+    if tracker and pretrained:  # the run points at the run that trained its backbone
+        tags["backbone_run_id"] = record_in_mlflow(pretrained, tracker.tracking_uri)
     return Job(config=run, device=device, world_size=processes.world_size, rank=processes.rank, data=data, model=model,
                ddp=DistributedDataParallel(model) if processes.world_size > 1 else None, optimizer=build_optimizer(run, model),
                amp=amp, scaler=torch.amp.GradScaler("cuda", enabled=amp), sampler=sampler, loader=loader,
@@ -99,13 +105,22 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     return torch.device(name)
 
 
-def build_model(run: RunConfig, num_classes: int) -> GHMRetinaNet:
-    """The detector with the configured losses, its initial weights drawn from the run's seed alone."""
+def build_model(run: RunConfig, num_classes: int, backbone_weights: str | None = None) -> GHMRetinaNet:
+    """The detector with the configured losses and backbone start, its initial weights drawn from the run's seed alone."""
     cls_loss = instantiate_labelled(run.raw.loss.cls)
     reg_loss = instantiate_labelled(run.raw.loss.reg)
     with torch.random.fork_rng(devices=[]):  # the seed fixes the weights without touching the process's random state
         torch.manual_seed(run.seed)
-        return instantiate(run.raw.model, num_classes=num_classes, cls_loss=cls_loss, reg_loss=reg_loss, _convert_="all")
+        return instantiate_labelled(run.raw.model, num_classes=num_classes, cls_loss=cls_loss, reg_loss=reg_loss,
+                                    backbone_weights=backbone_weights, frozen_stages=run.pretrain.frozen_stages,
+                                    norm_eval=run.pretrain.norm_eval, _convert_="all")
+
+
+def pretrained_backbone(run: RunConfig) -> PretrainedBackbone:
+    """The embedded pretraining stage's backbone for this run's Digits-Det look and width (trained once, cached)."""
+    params = PretrainingParams(**{f.name: getattr(run.pretrain, f.name) for f in dataclasses.fields(PretrainingParams)})
+    data = DigitsDetParams(**{f.name: getattr(run.data, f.name) for f in dataclasses.fields(DigitsDetParams)})
+    return ensure_pretrained_backbone(params, data, run.model.width, Path(run.pretrain.cache_dir))
 
 
 def build_optimizer(run: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -16,8 +16,9 @@ from ghm.run import Job, Processes, build_job
 ROOT = Path(__file__).resolve().parents[1]
 register()
 
-# A Digits-Det small enough for tests (generated once into the checkout's cache, then reused).
-SMALL_DATA = ["data.train_images=24", "data.val_images=12", "data.image_size=96", "data.max_digit_size=40"]
+# A Digits-Det and a backbone pretraining small enough for tests (made once into the checkout's cache, then reused).
+SMALL_DATA = ["data.train_images=24", "data.val_images=12", "data.image_size=96", "data.max_digit_size=40", "pretrain.images=20",
+              "pretrain.epochs=1"]
 # What Hydra's runtime gives launch.py's paths: the checkout as launching directory (its .cache), a scratch output dir.
 PATHS = [f"paths.root_dir={ROOT}", f"paths.output_dir={Path(tempfile.gettempdir()) / 'ghm-tests'}"]
 

@@ -43,9 +43,33 @@ def test_presets_keep_their_keys_overridable() -> None:
     assert (run.loss.cls.bins, run.loss.reg.name, run.loss.reg.mu, run.loss.family) == (20, "asl1", 0.05, "ghmc_sl1")
 
 
-@pytest.mark.parametrize("group", ["model=retinanet_r50_fpn", "train=smoke", "train=coco_1x", "data=coco data.root=/data/coco"])
+@pytest.mark.parametrize("group", ["model=retinanet_r50_fpn pretrain=none", "model=retinanet_r101_fpn pretrain=none", "train=smoke",
+                                   "train=coco_1x", "data=coco data.root=/data/coco pretrain=none", "pretrain=none"])
 def test_other_group_options_are_valid(group: str) -> None:
     validate(compose_config([*group.split(), "checkpoint_dir=/tmp/x"]))
+
+
+def test_the_papers_protocol_takes_a_local_checkpoint(tmp_path) -> None:
+    (tmp_path / "resnet50.pth").write_bytes(b"")
+    run = validate(compose_config(["model=retinanet_r50_fpn", "pretrain=imagenet", f"pretrain.weights={tmp_path / 'resnet50.pth'}",
+                                   "train=coco_1x", "checkpoint_dir=/tmp/x"]))
+    assert (run.pretrain.frozen_stages, run.pretrain.norm_eval, run.model.backbone) == (1, True, "resnet50")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ("model=retinanet_r50_fpn", r"pretrain must be imagenet \(with pretrain.weights\) or none unless data=digits and the tiny"),
+        ("data=coco data.root=/data/coco", "pretrain must be imagenet"),
+        ("model=retinanet_r50_fpn pretrain=imagenet pretrain.weights=/no/such/file.pth", "pretrain.weights must be an existing"),
+        ("pretrain=none pretrain.norm_eval=true", r"pretrain.frozen_stages/norm_eval must be -1/false when training from scratch"),
+        ("pretrain.frozen_stages=5", r"pretrain.frozen_stages must be in \[-1, 4\]"),
+        ("model.backbone=resnet50", "model.backbone must be tiny for retinanet_tiny"),
+    ],
+)
+def test_backbone_start_errors_name_the_key(overrides: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        validate(compose_config([*overrides.split(), "checkpoint_dir=/tmp/x"]))
 
 
 @pytest.mark.parametrize(
@@ -77,7 +101,7 @@ def test_unknown_keys_fail_at_composition(override: str) -> None:
         (["train.nonfinite=ignore"], "train.nonfinite must be one of fail, skip"),
         (["train.epochs=5", "train.lr_steps=[8,11]"], "train.lr_steps must be epochs in [1, 5]"),
         (["train.clip_grad_norm=-1"], "train.clip_grad_norm must be > 0 or null"),
-        (["model.name=yolo"], "model.name must be one of retinanet_tiny, retinanet_r50_fpn, got 'yolo'"),
+        (["model.name=yolo"], "model.name must be one of retinanet_tiny, retinanet_r50_fpn, retinanet_r101_fpn, got 'yolo'"),
         (["model.min_size=256", "model.max_size=128"], "model.max_size must be >= model.min_size (256)"),
         (["model.anchor_sizes=[]"], "model.anchor_sizes must be a non-empty list"),
         (["data.min_contrast=2.0"], "data.min_contrast must be in (0, 1]"),
@@ -88,7 +112,7 @@ def test_unknown_keys_fail_at_composition(override: str) -> None:
         (["loss.reg.mu=0"], "loss.reg: mu must be a number in (0.0, inf]"),
         (["loss.cls.name=ghmr"], "loss.cls.name must be 'ghmc', the label of its config (another classification loss is chosen "
                                   "with loss/cls=<bce|focal|ghmc>), got 'ghmr'"),
-        (["+loss.reg.gamma=2"], "loss.reg: ghmr has no setting 'gamma'; allowed: bins, loss_weight, momentum, mu"),
+        (["+loss.reg.gamma=2"], "loss.reg: ghmr has no setting 'gamma'; allowed: bins, ema_start, loss_weight, momentum, mu"),
     ],
 )
 def test_out_of_range_values_name_the_key(overrides: list[str], message: str) -> None:
@@ -118,6 +142,8 @@ RECIPE_CHOICES = {
     ("model/retinanet_r50_fpn", "anchor_sizes"): "the paper's anchors for 800 px COCO images",
     ("model/retinanet_r50_fpn", "min_size"): "the paper's input size",
     ("model/retinanet_r50_fpn", "max_size"): "the paper's input size",
+    ("model/retinanet_r50_fpn", "backbone"): "the paper's ResNet-50",
+    ("model/retinanet_r101_fpn", "backbone"): "the paper's ResNet-101",
 }
 
 
@@ -149,7 +175,10 @@ def test_config_files_agree_with_their_classes_defaults_or_document_the_recipe(o
 
 def test_the_model_schema_keeps_the_builders_defaults() -> None:
     schema = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in dataclasses.fields(ModelConfig)}
+    from_pretrain_group = {"backbone_weights", "frozen_stages", "norm_eval"}  # given by ghm.run.build_model
     for key, default in config_defaults(ModelConfig._target_).items():
+        if key in from_pretrain_group:
+            continue
         assert schema[key] == (list(default) if isinstance(default, tuple) else default), key
 
 

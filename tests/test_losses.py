@@ -147,6 +147,22 @@ def test_momentum_sequence_worked_by_hand() -> None:
     torch.testing.assert_close(value2, 1.6 * (-torch.log1p(-g2[:2])).sum() / 2)
 
 
+def test_ema_started_at_the_first_count_worked_by_hand() -> None:
+    # bins = 2, momentum = 0.5, ema_start = "first".
+    # Call 1: g = [0.1, 0.2, 0.3, 0.9]: counts [3, 1], acc = [3, 1] (each region's first count), so the weights are
+    #         the plain ones: 4 / (3 * 2) = 2/3 and 4 / (1 * 2) = 2 (the official EMA starts at 0: 4/3 and 4).
+    # Call 2: g = [0.8, 0.7]: counts [0, 2], acc = [3, 0.5 * 1 + 0.5 * 2 = 1.5], tot = 2, n = 1, weight 2 / 1.5.
+    loss = GHMC(bins=2, momentum=0.5, ema_start="first")
+    g1 = torch.tensor([0.1, 0.2, 0.3, 0.9], dtype=torch.float64)
+    loss(logits_for(g1)[:, None], torch.zeros(4, 1, dtype=torch.float64), torch.ones(4, 1, dtype=torch.float64))
+    torch.testing.assert_close(loss.density.acc_sum, torch.tensor([3.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(loss.stats.weights[:, 0], torch.tensor([2 / 3, 2 / 3, 2 / 3, 2.0], dtype=torch.float64))
+    g2 = torch.tensor([0.8, 0.7], dtype=torch.float64)
+    loss(logits_for(g2)[:, None], torch.zeros(2, 1, dtype=torch.float64), torch.ones(2, 1, dtype=torch.float64))
+    torch.testing.assert_close(loss.density.acc_sum, torch.tensor([3.0, 1.5], dtype=torch.float64))
+    torch.testing.assert_close(loss.stats.weights[:, 0], torch.tensor([2 / 1.5, 2 / 1.5], dtype=torch.float64))
+
+
 def test_g_equal_to_one_lands_in_last_region() -> None:
     loss = GHMC(bins=5)
     # t = 1 with a logit of -40: sigmoid is 4e-18, so g = 1 exactly in float32.
@@ -253,6 +269,7 @@ def test_autocast_bfloat16_on_cpu() -> None:
         (lambda: SmoothL1Loss(beta=-0.1), r"beta must be a number in \[0.0, inf\]"),
         (lambda: GHMC(density="kde"), "density must be one of"),
         (lambda: GHMC(density="exact", momentum=0.75), "momentum applies to density='unit' only"),
+        (lambda: GHMR(ema_start="one"), "ema_start must be one of zero, first"),
     ],
 )
 def test_invalid_settings_are_refused(make, match: str) -> None:

@@ -118,7 +118,7 @@ def test_per_level_calls_ghm_once_per_fpn_level() -> None:
                {"boxes": torch.tensor([[50.0, 20.0, 70.0, 44.0]]), "labels": torch.tensor([5])}]
     for per_level, expected in ((False, 1), (True, 4)):
         torch.manual_seed(0)
-        model = build_detector("retinanet_tiny", 10, cls, reg, anchor_sizes=[12, 24, 48, 96], min_size=96, max_size=96,
+        model = build_detector(10, cls, reg, anchor_sizes=[12, 24, 48, 96], min_size=96, max_size=96,
                                per_level=per_level).train()
         calls.update(cls=0, reg=0)
         model(images, targets)
@@ -133,7 +133,7 @@ def test_per_level_for_baselines_is_the_whole_batch() -> None:
     values = []
     for per_level in (False, True):
         torch.manual_seed(0)
-        model = build_detector("retinanet_tiny", 10, FocalLoss(), SmoothL1Loss(), anchor_sizes=[12, 24, 48, 96],
+        model = build_detector(10, FocalLoss(), SmoothL1Loss(), anchor_sizes=[12, 24, 48, 96],
                                min_size=96, max_size=96, per_level=per_level).train()
         values.append({k: v.item() for k, v in model(images, targets).items()})
     assert values[0] == values[1]
@@ -141,10 +141,10 @@ def test_per_level_for_baselines_is_the_whole_batch() -> None:
 
 def test_local_weights_load_with_weights_only(tmp_path: Path) -> None:
     torch.manual_seed(1)
-    source = build_detector("retinanet_tiny", 10, FocalLoss(), SmoothL1Loss())
+    source = build_detector(10, FocalLoss(), SmoothL1Loss())
     torch.save({"model": source.state_dict()}, tmp_path / "weights.pt")
     torch.manual_seed(2)
-    target = build_detector("retinanet_tiny", 10, FocalLoss(), SmoothL1Loss())
+    target = build_detector(10, FocalLoss(), SmoothL1Loss())
     load_weights(target, tmp_path / "weights.pt")
     for key, value in source.state_dict().items():
         torch.testing.assert_close(target.state_dict()[key], value)

@@ -6,6 +6,11 @@ Handwritten digits (``load_digits``, 1797 scans of 8x8) are composed onto clutte
 and digit fragments) and a long-tailed class frequency, so the easy/hard and positive/negative
 imbalance GHM addresses is really there.
 
+The 1797 scans are split once, per class, into a training pool and a validation pool
+(:func:`scan_pool`): the val split draws only from the validation pool, the train split and the
+backbone pretraining (:mod:`ghm.pretraining`) only from the training pool, so no handwriting the
+detector is evaluated on was ever seen in training.
+
 Generation is deterministic in its parameters and writes a COCO-format dataset (PNG images and
 one JSON per split) to ``<cache_dir>/<key>``, where the key hashes the parameters; concurrent
 writers (parallel trials) are safe, since each builds in a private folder and renames it in place.
@@ -19,6 +24,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +34,9 @@ from PIL import Image, ImageDraw
 from ghm.data.coco import CocoDetection, DetectionData
 
 # Bump when the generator's output changes for the same parameters: it is part of the cache key.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
+# The scan split is fixed (its own seed), so every parameter set and the pretraining share it.
+_SCAN_SPLIT_SEED = 1797
 
 
 @dataclass
@@ -47,6 +55,10 @@ class DigitsDetParams:
     occlusion_prob: float = 0.25
     max_distractors: int = 3
     noise_std: float = 0.02
+    max_overlap: float = 0.3  # largest IoU between two digits of an image
+    min_luminance_gap: float = 0.0  # a digit's colour differs from its background's luminance by at least this
+    box_opacity: float = 0.1  # a digit's box bounds its pixels at least this opaque
+    val_scan_fraction: float = 0.25  # share of each digit's scans reserved for the val split
     seed: int = 0
 
     def key(self) -> str:
@@ -62,6 +74,31 @@ class CocoSplit:
 
     images_dir: Path
     annotation_file: Path
+
+
+@dataclass(frozen=True)
+class ScanPool:
+    """Digit scans (8x8, values 0..16) and their labels, one pool of the fixed split."""
+
+    scans: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray  # positions in ``load_digits()``, for checking the split
+
+
+def scan_pool(split: str, val_fraction: float) -> ScanPool:
+    """The ``"train"`` or ``"val"`` pool of sklearn's digits: per class, a fixed random share goes to val."""
+    from sklearn.datasets import load_digits
+
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    digits = load_digits()
+    rng = np.random.default_rng(_SCAN_SPLIT_SEED)
+    val = np.zeros(len(digits.target), dtype=bool)
+    for digit in range(10):
+        members = rng.permutation(np.flatnonzero(digits.target == digit))
+        val[members[: round(len(members) * val_fraction)]] = True
+    indices = np.flatnonzero(val if split == "val" else ~val)
+    return ScanPool(digits.images[indices], digits.target[indices], indices)
 
 
 def _class_probabilities(params: DigitsDetParams, rng: np.random.Generator) -> np.ndarray:
@@ -101,41 +138,66 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / (area + areas - inter)
 
 
+def _luminance(rgb: np.ndarray) -> float:
+    return float(rgb @ np.array([0.299, 0.587, 0.114]))
+
+
+def _legible(color: np.ndarray, background: np.ndarray, gap: float) -> np.ndarray:
+    """``color`` shifted in luminance, away from the background's, until they differ by ``gap`` (as far as [0, 1] allows)."""
+    difference = _luminance(color) - _luminance(background)
+    if abs(difference) >= gap:
+        return color
+    direction = 1.0 if _luminance(background) < 0.5 else -1.0
+    return np.clip(color + direction * (gap - direction * difference), 0.0, 1.0)
+
+
 def _paste(image: np.ndarray, alpha: np.ndarray, top: int, left: int, color: np.ndarray) -> None:
     h, w = alpha.shape
     region = image[top:top + h, left:left + w]
     region[:] = region * (1 - alpha[..., None]) + color * alpha[..., None]
 
 
-def _compose(params: DigitsDetParams, photos: list[np.ndarray], scans: np.ndarray, labels: np.ndarray,
-             class_p: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[list[float], int]]]:
-    """One image and its (box xywh, digit) annotations."""
+@dataclass(frozen=True)
+class DigitObject:
+    """One annotated digit: its box (x, y, w, h), its class and the scan (index in ``load_digits()``) drawn."""
+
+    bbox: list[float]
+    digit: int
+    scan: int
+
+
+def _compose(params: DigitsDetParams, photos: list[np.ndarray], pool: ScanPool, class_p: np.ndarray,
+             rng: np.random.Generator) -> tuple[np.ndarray, list[DigitObject]]:
+    """One image and its digits; every scan, distractors' included, comes from ``pool``."""
     size = params.image_size
+    scans = pool.scans
     image = _background(photos, size, rng)
     boxes: list[np.ndarray] = []
     annotations = []
     for _ in range(int(rng.integers(params.min_objects, params.max_objects + 1))):
         digit = int(rng.choice(10, p=class_p))
-        scan = scans[rng.choice(np.flatnonzero(labels == digit))]
+        chosen = int(rng.choice(np.flatnonzero(pool.labels == digit)))
+        scan = scans[chosen]
         height = int(np.exp(rng.uniform(np.log(params.min_digit_size), np.log(params.max_digit_size))))
         width = max(4, int(height * rng.uniform(0.7, 1.1)))
         top, left = int(rng.integers(0, size - height + 1)), int(rng.integers(0, size - width + 1))
         alpha = _digit_alpha(scan, height, width) * rng.uniform(params.min_contrast, 1.0)
-        ys, xs = np.nonzero(alpha > 0.1)
+        ys, xs = np.nonzero(alpha > params.box_opacity)
         if ys.size == 0:
             continue
         box = np.array([left + xs.min(), top + ys.min(), left + xs.max() + 1, top + ys.max() + 1], dtype=float)
-        if np.any(_iou(box, np.array(boxes).reshape(-1, 4)) > 0.3):
+        if np.any(_iou(box, np.array(boxes).reshape(-1, 4)) > params.max_overlap):
             continue
         local = image[top:top + height, left:left + width].mean(axis=(0, 1))
         color = np.clip(1.0 - local + rng.normal(0, 0.25, 3), 0, 1)  # roughly opposite the background
+        color = _legible(color, local, params.min_luminance_gap)
         _paste(image, alpha, top, left, color)
         if rng.random() < params.occlusion_prob:  # a patch of background colour over part of the digit
             oh, ow = max(2, int(height * rng.uniform(0.2, 0.5))), max(2, int(width * rng.uniform(0.2, 0.5)))
             oy, ox = top + int(rng.integers(0, height - oh + 1)), left + int(rng.integers(0, width - ow + 1))
             image[oy:oy + oh, ox:ox + ow] = local + rng.normal(0, 0.05, 3)
         boxes.append(box)
-        annotations.append(([box[0], box[1], box[2] - box[0], box[3] - box[1]], digit))
+        annotations.append(DigitObject([box[0], box[1], box[2] - box[0], box[3] - box[1]], digit, int(pool.indices[chosen])))
     canvas = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     for _ in range(int(rng.integers(0, params.max_distractors + 1))):
@@ -157,23 +219,29 @@ def _compose(params: DigitsDetParams, photos: list[np.ndarray], scans: np.ndarra
     return (np.clip(pixels, 0, 1) * 255).astype(np.uint8), annotations
 
 
-def _write_split(params: DigitsDetParams, split: str, count: int, seed: int, root: Path) -> None:
-    from sklearn.datasets import load_digits, load_sample_images
+def generate_images(params: DigitsDetParams, pool: ScanPool, count: int, seed: int) -> Iterator[tuple[np.ndarray, list[DigitObject]]]:
+    """``count`` images (H x W x 3 uint8) with their digits, drawn from ``pool``."""
+    from sklearn.datasets import load_sample_images
 
-    digits = load_digits()
     photos = list(load_sample_images().images)
     rng = np.random.default_rng(seed)
     class_p = _class_probabilities(params, np.random.default_rng(params.seed))
+    for _ in range(count):
+        yield _compose(params, photos, pool, class_p, rng)
+
+
+def _write_split(params: DigitsDetParams, split: str, count: int, seed: int, root: Path) -> None:
+    pool = scan_pool(split, params.val_scan_fraction)
     (root / split).mkdir(parents=True)
     images, annotations = [], []
-    for image_id in range(1, count + 1):
-        pixels, objects = _compose(params, photos, digits.images, digits.target, class_p, rng)
+    for image_id, (pixels, objects) in enumerate(generate_images(params, pool, count, seed), start=1):
         file_name = f"{image_id:06d}.png"
         Image.fromarray(pixels).save(root / split / file_name)
         images.append({"id": image_id, "file_name": file_name, "width": params.image_size, "height": params.image_size})
-        for bbox, digit in objects:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": digit + 1,
-                                "bbox": [round(v, 2) for v in bbox], "area": round(bbox[2] * bbox[3], 2), "iscrowd": 0})
+        for obj in objects:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": obj.digit + 1,
+                                "bbox": [round(v, 2) for v in obj.bbox], "area": round(obj.bbox[2] * obj.bbox[3], 2),
+                                "iscrowd": 0, "scan": obj.scan})
     categories = [{"id": d + 1, "name": str(d), "supercategory": "digit"} for d in range(10)]
     document = {"info": {"description": "Digits-Det", "params": dataclasses.asdict(params)},
                 "images": images, "annotations": annotations, "categories": categories}

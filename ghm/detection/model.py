@@ -21,7 +21,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import boxes as box_ops
 
-from ghm.detection.backbones import resnet50_fpn, tiny_fpn
+from ghm.detection.backbones import WeightsReport, build_body, feature_pyramid, freeze_stages, load_backbone_weights
 from ghm.losses import GHMC, GHMR
 
 log = logging.getLogger(__name__)
@@ -70,11 +70,12 @@ class GHMRetinaNet(RetinaNet):
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, cls_loss: nn.Module, reg_loss: nn.Module, *,
-                 per_level: bool = False, **kwargs) -> None:
+                 per_level: bool = False, backbone_weights: WeightsReport | None = None, **kwargs) -> None:
         super().__init__(backbone, num_classes, **kwargs)
         self.cls_loss = cls_loss
         self.reg_loss = reg_loss
         self.per_level = per_level
+        self.backbone_weights = backbone_weights  # how the backbone was initialised, when from a checkpoint
         self.loss_inputs = LossInputsProbe()
 
     def _match(self, targets: list[dict[str, Tensor]], anchors: list[Tensor]) -> list[Tensor]:
@@ -127,29 +128,34 @@ def _anchor_generator(base_sizes: list[int], aspect_ratios: list[float]) -> Leve
     return LevelAnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))
 
 
-def build_detector(name: str, num_classes: int, cls_loss: nn.Module, reg_loss: nn.Module, *, width: int = 32,
+def build_detector(num_classes: int, cls_loss: nn.Module, reg_loss: nn.Module, *, backbone: str = "tiny", width: int = 32,
                    fpn_channels: int = 64, anchor_sizes: Sequence[int] = (12, 24, 48, 96),
                    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0), min_size: int = 128, max_size: int = 128,
                    per_level: bool = False, score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100,
-                   weights: str | None = None) -> GHMRetinaNet:
-    """``retinanet_tiny`` (P3-P6, P6 max-pooled; GroupNorm head) or ``retinanet_r50_fpn`` (the paper's, P3-P7).
+                   weights: str | None = None, backbone_weights: str | None = None, frozen_stages: int = -1,
+                   norm_eval: bool = False) -> GHMRetinaNet:
+    """RetinaNet on the ``tiny`` CNN (P3-P6, P6 max-pooled; GroupNorm head) or on a ResNet (the paper's, P3-P7).
 
     The defaults are ``retinanet_tiny``'s, as in :class:`ghm.config.ModelConfig`; ``width`` and
-    ``fpn_channels`` apply to it alone. Nothing is downloaded; ``weights`` may name a local
-    state-dict file, read with ``weights_only=True``.
+    ``fpn_channels`` apply to the tiny CNN alone. ``backbone_weights`` (a local torchvision-format
+    classification checkpoint) initialises the backbone, with mmdetection's ``frozen_stages`` and
+    ``norm_eval`` (frozen BatchNorm); without them BatchNorm trains. ``weights`` may name a
+    whole-detector state dict. Nothing is downloaded; every file is read with ``weights_only=True``.
     """
+    levels = 4 if backbone == "tiny" else 5  # P3-P6, or P3-P7
+    if len(anchor_sizes) != levels:
+        raise ValueError(f"anchor_sizes must give one size per pyramid level ({levels} for the {backbone} backbone), "
+                         f"got {list(anchor_sizes)}")
     anchors = _anchor_generator(list(anchor_sizes), list(aspect_ratios))
-    if name == "retinanet_tiny":
-        backbone = tiny_fpn(width, fpn_channels)
-        head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], num_classes, norm_layer=partial(nn.GroupNorm, 8))
-    elif name == "retinanet_r50_fpn":
-        backbone = resnet50_fpn()
-        head = RetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes)
-    else:
-        raise ValueError(f"unknown model {name!r}; allowed: retinanet_tiny, retinanet_r50_fpn")
-    model = GHMRetinaNet(backbone, num_classes, cls_loss, reg_loss, per_level=per_level, anchor_generator=anchors, head=head,
-                         min_size=min_size, max_size=max_size, score_thresh=score_thresh, nms_thresh=nms_thresh,
-                         detections_per_img=detections_per_img)
+    body = build_body(backbone, width=width, frozen_norm=norm_eval)
+    report = load_backbone_weights(body, backbone_weights) if backbone_weights else None
+    freeze_stages(body, frozen_stages)
+    pyramid = feature_pyramid(body, fpn_channels)
+    norm = partial(nn.GroupNorm, 8) if backbone == "tiny" else None  # torchvision's head (no norm) on ResNets
+    head = RetinaNetHead(pyramid.out_channels, anchors.num_anchors_per_location()[0], num_classes, norm_layer=norm)
+    model = GHMRetinaNet(pyramid, num_classes, cls_loss, reg_loss, per_level=per_level, backbone_weights=report,
+                         anchor_generator=anchors, head=head, min_size=min_size, max_size=max_size, score_thresh=score_thresh,
+                         nms_thresh=nms_thresh, detections_per_img=detections_per_img)
     if weights:
         load_weights(model, Path(weights))
     return model

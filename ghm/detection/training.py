@@ -11,6 +11,7 @@ optimizer), the telemetry (:mod:`ghm.detection.telemetry`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -55,6 +56,8 @@ def train(job: Job, on_epoch: EpochCallback | None = None) -> RunResult:
         tracking = job.tracker.start(run_id=state.get("run_id"), run_name=job.config.mlflow.run_name, tags=job.tags,
                                      config=job.config.raw) if job.tracker else nullcontext(None)
         with tracking as run_id:
+            if job.tracker and job.model.backbone_weights and not state:  # the tensors the backbone checkpoint gave
+                job.tracker.log_dict(dataclasses.asdict(job.model.backbone_weights), "backbone_weights.json")
             metrics = _train_epochs(job, state, run_id, on_epoch)
     if job.world_size > 1:  # rank 0 evaluated and tracked: every rank returns its result
         shared = [metrics, run_id]

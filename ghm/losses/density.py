@@ -26,6 +26,7 @@ from torch import Tensor, nn
 # Every window [g - eps/2, g + eps/2) with g in [0, 1] and eps <= 1 lies below 1.5: elements
 # parked at this key are never counted.
 _INVALID_KEY = 2.0
+EMA_STARTS = ("zero", "first")  # where a region's moving average of counts starts: official (0), or its first count
 _SAME_WIDTH_INT = {torch.float32: torch.int32, torch.float64: torch.int64}
 
 
@@ -130,13 +131,20 @@ class UnitRegionDensity(_Density):
     Per non-empty region i with k_i valid elements the weight is ``tot / k_i`` (``tot / acc_i``
     with momentum, ``acc_i = m * acc_i + (1 - m) * k_i`` updated only where k_i > 0), then divided
     by the number of non-empty regions.
+
+    ``ema_start`` says where a region's average starts: ``"zero"`` is the official behaviour (so
+    the first weights of a region are 1 / (1 - m) times the plain ones, and a region seen rarely
+    keeps an average far below its counts); ``"first"`` starts it at the region's first count.
     """
 
-    def __init__(self, bins: int = 30, momentum: float = 0.0, dist_reduce: bool = True) -> None:
+    def __init__(self, bins: int = 30, momentum: float = 0.0, dist_reduce: bool = True, ema_start: str = "zero") -> None:
         super().__init__(bins, dist_reduce)
         if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be a number with 0 <= momentum < 1, got {momentum!r}")
+        if ema_start not in EMA_STARTS:
+            raise ValueError(f"ema_start must be one of {', '.join(EMA_STARTS)}, got {ema_start!r}")
         self.momentum = float(momentum)
+        self.ema_start = ema_start
         self.register_buffer("acc_sum", torch.zeros(self.bins, dtype=torch.float64))
 
     def forward(self, g: Tensor, valid: Tensor, tot: Tensor) -> tuple[Tensor, Tensor]:
@@ -145,7 +153,10 @@ class UnitRegionDensity(_Density):
         counts, tot = self.all_reduce(counts, tot)
         if self.momentum > 0:
             nonempty = counts > 0
-            self.acc_sum.copy_(torch.where(nonempty, self.momentum * self.acc_sum + (1 - self.momentum) * counts, self.acc_sum))
+            average = self.momentum * self.acc_sum + (1 - self.momentum) * counts
+            if self.ema_start == "first":  # a region never updated (average 0) starts at its count
+                average = torch.where(self.acc_sum > 0, average, counts)
+            self.acc_sum.copy_(torch.where(nonempty, average, self.acc_sum))
             density = self.acc_sum
         else:
             density = counts

@@ -78,15 +78,16 @@ class GHMC(_GHMLoss):
         loss_weight: factor on the loss.
         density: ``"unit"`` (unit regions, the default) or ``"exact"`` (the paper's sliding window).
         dist_reduce: under ``torch.distributed``, weight by the density over all ranks.
+        ema_start: ``"zero"`` (official) or ``"first"``: where the EMA of a region's count starts.
 
     Under DDP each rank returns ``world_size * sum_local(weight * bce) / tot_global``, so that DDP's
     gradient averaging yields exactly the gradient of one process holding the whole batch.
     """
 
     def __init__(self, bins: int = 30, momentum: float = 0.0, loss_weight: float = 1.0,
-                 density: str = "unit", dist_reduce: bool = True) -> None:
+                 density: str = "unit", dist_reduce: bool = True, ema_start: str = "zero") -> None:
         if density == "unit":
-            estimator: UnitRegionDensity | ExactDensity = UnitRegionDensity(bins, momentum, dist_reduce)
+            estimator: UnitRegionDensity | ExactDensity = UnitRegionDensity(bins, momentum, dist_reduce, ema_start)
         elif density == "exact":
             if momentum != 0:
                 raise ValueError(f"momentum applies to density='unit' only; density='exact' needs momentum=0, got {momentum!r}")
@@ -116,8 +117,8 @@ class GHMR(_GHMLoss):
     """
 
     def __init__(self, mu: float = 0.02, bins: int = 10, momentum: float = 0.0, loss_weight: float = 1.0,
-                 dist_reduce: bool = True) -> None:
-        super().__init__(UnitRegionDensity(bins, momentum, dist_reduce), loss_weight)
+                 dist_reduce: bool = True, ema_start: str = "zero") -> None:
+        super().__init__(UnitRegionDensity(bins, momentum, dist_reduce, ema_start), loss_weight)
         self.mu = check_number("mu", mu, low=0.0, low_open=True)
 
     def forward(self, pred: Tensor, target: Tensor, label_weight: Tensor) -> Tensor:

@@ -12,6 +12,7 @@ import time
 import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -96,3 +97,29 @@ def context_tags() -> dict[str, str]:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def record_finished_run(tracking_uri: str, experiment_name: str, *, identity: tuple[str, str], run_name: str,
+                        params: Mapping[str, Any], metrics: Mapping[str, float], curves: Mapping[str, list[float]],
+                        artifacts: list[Path]) -> str:
+    """A FINISHED run recording work done outside any run (e.g. a cached pretraining), created once per store.
+
+    ``identity`` is a (tag, value) pair naming the work; a run already carrying it is returned as
+    is. Callers serialise concurrent calls (the work's own lock), so two trials never record it twice.
+    """
+    client = tracking_client(tracking_uri)
+    experiment = experiment_id(client, experiment_name)
+    tag, value = identity
+    found = client.search_runs([experiment], filter_string=f"tags.{tag} = '{value}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    run_id = client.create_run(experiment, run_name=run_name, tags={tag: value}).info.run_id
+    now = _now_ms()
+    client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()],
+                     metrics=[mlflow.entities.Metric(k, float(v), now, 0) for k, v in metrics.items()]
+                     + [mlflow.entities.Metric(k, float(v), now, step) for k, values in curves.items()
+                        for step, v in enumerate(values, start=1)])
+    for path in artifacts:
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
