@@ -38,6 +38,8 @@ def test_smoke_run_leaves_a_complete_mlflow_run(tmp_path: Path, tracking_uri: st
     tags = run.data.tags
     assert tags["loss_family"] == "ghm" and tags["baseline"] == "false" and tags["device"] == "cpu"
     assert tags["dataset"].startswith("digits-det-") and tags["code_version"]
+    backbone = client.get_run(tags["backbone_run_id"])  # the pretraining that made its backbone, in the same store
+    assert backbone.data.tags["backbone_key"] and client.get_experiment(backbone.info.experiment_id).name == "backbone_pretraining"
     for metric in ("train_loss", "train_loss_cls", "train_loss_box", "lr", "images_per_second", "mAP", "AP50", "APs"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2], metric
     assert run.data.metrics["mAP"] == result.metrics["mAP"]

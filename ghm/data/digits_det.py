@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from ghm.data.coco import CocoDetection, DetectionData
 
@@ -58,6 +58,7 @@ class DigitsDetParams:
     max_overlap: float = 0.3  # largest IoU between two digits of an image
     min_luminance_gap: float = 0.0  # a digit's colour differs from its background's luminance by at least this
     box_opacity: float = 0.1  # a digit's box bounds its pixels at least this opaque
+    background_blur: float = 0.0  # Gaussian blur radius (pixels) of the background photo
     val_scan_fraction: float = 0.25  # share of each digit's scans reserved for the val split
     seed: int = 0
 
@@ -107,12 +108,14 @@ def _class_probabilities(params: DigitsDetParams, rng: np.random.Generator) -> n
     return weights / weights.sum()
 
 
-def _background(photos: list[np.ndarray], size: int, rng: np.random.Generator) -> np.ndarray:
+def _background(photos: list[np.ndarray], size: int, blur: float, rng: np.random.Generator) -> np.ndarray:
     photo = photos[rng.integers(len(photos))]
     crop = int(rng.integers(size, min(photo.shape[:2]) + 1))
     top = int(rng.integers(photo.shape[0] - crop + 1))
     left = int(rng.integers(photo.shape[1] - crop + 1))
     patch = Image.fromarray(photo[top:top + crop, left:left + crop]).resize((size, size), Image.BILINEAR)
+    if blur > 0:  # softer texture: the clutter stays, the digits stand out
+        patch = patch.filter(ImageFilter.GaussianBlur(blur))
     image = np.asarray(patch, dtype=np.float32) / 255.0
     gray = image.mean(axis=2, keepdims=True)
     desaturate = rng.uniform(0.0, 0.7)
@@ -171,7 +174,7 @@ def _compose(params: DigitsDetParams, photos: list[np.ndarray], pool: ScanPool, 
     """One image and its digits; every scan, distractors' included, comes from ``pool``."""
     size = params.image_size
     scans = pool.scans
-    image = _background(photos, size, rng)
+    image = _background(photos, size, params.background_blur, rng)
     boxes: list[np.ndarray] = []
     annotations = []
     for _ in range(int(rng.integers(params.min_objects, params.max_objects + 1))):
