@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: main test bench dashboard
+.PHONY: main test test-fast bench dashboard
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ main: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest
+
+# The edit-test loop: the unit tier, without the tests marked slow, cluster, browser or docker (pyproject.toml).
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest -m "not slow and not cluster and not browser and not docker"
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_losses.py

@@ -29,6 +29,8 @@ from tests.conftest import ROOT
 
 APPS = ROOT / "tests" / "apps"
 
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NativeCluster]:

@@ -125,6 +125,7 @@ def test_coco_needs_a_root() -> None:
         validate(compose_config(["data=coco", "checkpoint_dir=/tmp/x"]))
 
 
+@pytest.mark.slow
 def test_launch_reports_a_config_error_before_work(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "launch.py", "train.epochs=0", f"hydra.run.dir={tmp_path}",
                              f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"],

@@ -22,10 +22,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from devtools.cluster import free_port, stop_process_group
-from ghm.dashboard.page import build_dashboard
+from ghm.dashboard.build import build_dashboard
 from tests.conftest import ROOT, SMALL_DATA
 
 APPS = ROOT / "tests" / "apps"
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]

@@ -335,3 +335,11 @@ def test_regression_baselines_by_hand() -> None:
     torch.testing.assert_close(SmoothL1Loss(beta=beta)(d, zero, w), (sl1 * w).sum() / 2)
     asl1 = torch.sqrt(d**2 + 0.02**2) - 0.02
     torch.testing.assert_close(ASL1Loss(mu=0.02)(d, zero, w), (asl1 * w).sum() / 2)
+
+
+@pytest.mark.parametrize("loss", [SmoothL1Loss(), ASL1Loss(), GHMR()])
+def test_box_losses_of_a_batch_without_foreground_are_zero(loss: torch.nn.Module) -> None:
+    pred = torch.zeros(0, 4, requires_grad=True)
+    value = loss(pred, torch.zeros(0, 4), torch.zeros(0, 4))
+    value.backward()
+    assert value.item() == 0.0 and pred.grad.shape == (0, 4)

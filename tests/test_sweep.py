@@ -10,11 +10,14 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, SMALL_DATA
 
 APPS = ROOT / "tests" / "apps"
+
+pytestmark = pytest.mark.slow
 
 
 def run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:

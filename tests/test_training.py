@@ -30,6 +30,7 @@ def only_run(tracking_uri: str):
     return client, runs[0]
 
 
+@pytest.mark.slow
 def test_smoke_run_leaves_a_complete_mlflow_run(tmp_path: Path, tracking_uri: str) -> None:
     result = train(small_job(tmp_path, tracking_uri, "train.epochs=2", "train.max_iters_per_epoch=2"))
     client, run = only_run(tracking_uri)
@@ -51,6 +52,7 @@ def test_smoke_run_leaves_a_complete_mlflow_run(tmp_path: Path, tracking_uri: st
     assert result.checkpoint.is_file()
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path: Path, tracking_uri: str) -> None:
     settings = ("train.epochs=2", "train.max_iters_per_epoch=3", "train.figures=false", "loss.cls.momentum=0.75")
     straight = small_job(tmp_path, f"sqlite:///{tmp_path / 'straight.db'}", *settings, name="straight")
@@ -76,6 +78,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path: Path, 
     assert resumed.model.cls_loss.density.acc_sum.abs().sum() > 0  # GHM's EMA came back with the checkpoint
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_fails_the_run_naming_the_step(tmp_path: Path, tracking_uri: str) -> None:
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 1, step \d+"):
         train(small_job(tmp_path, tracking_uri, "loss=focal", "train.lr=1e12", "train.warmup_iters=0", "train.clip_grad_norm=null",
@@ -85,6 +88,7 @@ def test_nonfinite_loss_fails_the_run_naming_the_step(tmp_path: Path, tracking_u
     assert "error.txt" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_can_be_skipped_and_counted(tmp_path: Path, tracking_uri: str) -> None:
     train(small_job(tmp_path, tracking_uri, "loss=focal", "train.lr=1e12", "train.warmup_iters=0", "train.clip_grad_norm=null",
                     "train.max_iters_per_epoch=6", "train.nonfinite=skip", "train.figures=false"))
@@ -92,6 +96,7 @@ def test_nonfinite_loss_can_be_skipped_and_counted(tmp_path: Path, tracking_uri:
     assert run.info.status == "FINISHED" and run.data.metrics["skipped_steps"] >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["ghm", "focal"])
 def test_loss_decreases_on_digits_det(tmp_path: Path, tracking_uri: str, loss: str) -> None:
     job = small_job(tmp_path, tracking_uri, f"loss={loss}", "train.figures=false", "train.lr=0.02", "train.warmup_iters=5")
@@ -160,6 +165,7 @@ def test_local_weights_load_with_weights_only(tmp_path: Path) -> None:
         load_weights(target, tmp_path / "evil.pt")
 
 
+@pytest.mark.slow
 def test_launch_trains_evaluates_and_tracks(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = subprocess.run([sys.executable, "launch.py", "train=smoke", "loss=focal", *SMALL_DATA, f"hydra.run.dir={tmp_path}",
@@ -172,6 +178,7 @@ def test_launch_trains_evaluates_and_tracks(tmp_path: Path) -> None:
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
 
 
+@pytest.mark.slow
 def test_torchrun_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "launch.py", "train=smoke",

@@ -78,6 +78,16 @@ class Pairing:
             return False
         return self.baseline_key in config.hydra.runtime.choices or OmegaConf.select(config, self.baseline_key, default=None) is not None
 
+    def value_of(self, params: Mapping[str, Any], fixed: Sequence[str], config: DictConfig) -> int | None:
+        """A trial's value of the pairing key: swept, fixed on the command line (``seed=3``), or the task's default."""
+        if self.pair_by in params:
+            return int(params[self.pair_by])
+        for line in fixed:
+            if line.startswith(f"{self.pair_by}="):
+                return int(line.split("=", 1)[1])
+        value = OmegaConf.select(config, self.pair_by, default=None)
+        return int(value) if value is not None else None
+
     def setting_label(self, params: Mapping[str, Any]) -> str:
         """What a trial tries, as its swept values but the pairing key: trials with one label are one setting."""
         return " ".join(f"{k}={v}" for k, v in params.items() if k != self.pair_by) or "candidate"

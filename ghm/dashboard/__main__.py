@@ -1,5 +1,5 @@
 """``python -m ghm.dashboard``: build (and serve) the dashboard of a sweep."""
 
-from ghm.dashboard.page import main
+from ghm.dashboard.build import main
 
 main()

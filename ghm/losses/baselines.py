@@ -26,7 +26,9 @@ def _num_positive_targets(target: Tensor, label_weight: Tensor) -> Tensor:
 
 def _num_positive_rows(label_weight: Tensor) -> Tensor:
     """Rows (anchors) with any valid coordinate, at least 1: RetinaNet's box-loss normaliser."""
-    return (label_weight > 0).reshape(label_weight.shape[0], -1).any(dim=1).sum(dtype=torch.float32).clamp_min(1.0)
+    valid = label_weight > 0
+    rows = valid.flatten(1).any(dim=1) if valid.dim() > 1 else valid  # flatten(1), unlike reshape, also takes 0 rows
+    return rows.sum(dtype=torch.float32).clamp_min(1.0)
 
 
 class FocalLoss(nn.Module):

@@ -30,13 +30,14 @@ def sqlite_path(tracking_uri: str) -> Path | None:
 
 def tracking_client(tracking_uri: str) -> MlflowClient:
     """A client of ``tracking_uri``, the embedded store created (or migrated) by one process at a time."""
-    client = MlflowClient(tracking_uri)
     database = sqlite_path(tracking_uri)
-    if database is not None:
-        database.parent.mkdir(parents=True, exist_ok=True)
-        with database.with_name(database.name + ".lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-            client.search_experiments(max_results=1)  # the first request creates the store
+    if database is None:
+        return MlflowClient(tracking_uri)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with database.with_name(database.name + ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        client = MlflowClient(tracking_uri)
+        client.search_experiments(max_results=1)  # the store exists (created, migrated) before the lock is released
     return client
 
 

@@ -1,0 +1,90 @@
+"""The sweeper's settings (``hydra.sweeper``), typed: Hydra's ConfigStore holds them, so a typo fails at compose.
+
+``hydra_plugins/ghm_sweeper`` registers :class:`SweeperConf` as ``hydra/sweeper: ghm`` and as
+``hydra/sweeper: optuna`` (with hydra-optuna-sweeper's keys: ``sampler``, ``direction``,
+``storage``, ``study_name``, ``n_trials``, ``n_jobs``, ``params``, ``max_failure_rate``) and the
+samplers under ``hydra/sweeper/sampler``. The engine knows the task only through these settings:
+what it returns and reports (``metric``, ``max_epochs``), how its runs pair (``baseline``,
+``pair_by``, ``pair_ignore``) and where the sweep's MLflow parent run goes (``mlflow``), which the
+task's config declares (``conf/config.yaml``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+
+@dataclass
+class TPESamplerConf:
+    _target_: str = "optuna.samplers.TPESampler"
+    seed: int | None = None
+    n_startup_trials: int = 10
+
+
+@dataclass
+class RandomSamplerConf:
+    _target_: str = "optuna.samplers.RandomSampler"
+    seed: int | None = None
+
+
+@dataclass
+class RaySettings:
+    address: str | None = None  # a running cluster ("ray://host:10001" or "host:6379"); default: RAY_ADDRESS, else local
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0  # fractions share a GPU between trials
+    storage_path: str | None = None  # Ray Tune results and checkpoints (a shared path on clusters); default: ray_results/
+    max_retries: int = 2  # a trial whose worker died is retried from its last checkpoint
+
+
+@dataclass
+class PrunerSettings:
+    enabled: bool = True  # ASHA on the per-epoch objective, in Optuna searches (grids run every trial to the end)
+    grace_period: int = 1
+    reduction_factor: int = 2
+
+
+@dataclass
+class TrackingSettings:
+    """The sweep's MLflow parent run: none unless the task declares an experiment."""
+
+    experiment_name: str | None = None
+    tracking_uri: str | None = None  # null: MLFLOW_TRACKING_URI, else mlflow.db in the launching directory
+
+
+@dataclass
+class SweeperConf:
+    _target_: str = "hydra_plugins.ghm_sweeper.ghm_sweeper.GHMSweeper"
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
+    search: str = "auto"  # auto | grid | optuna (auto: optuna when params sweep anything, else a grid)
+    sampler: Any = MISSING
+    direction: str = "maximize"
+    storage: str | None = None  # Optuna RDB URL; default: OPTUNA_STORAGE, else sqlite optuna.db in the launching directory
+    study_name: str | None = None  # default: derived from the sweep's definition (same command, same study)
+    n_trials: int = 20
+    n_jobs: int = 2
+    params: dict[str, str] = field(default_factory=dict)
+    max_failure_rate: float = 0.0
+    metric: str = "objective"  # the name of the task's return value (and of its per-epoch reports)
+    max_epochs: int | None = None  # how many epochs the task reports at most (ASHA's horizon); null: 100
+    baseline: str | None = "loss=focal"  # an override selecting the baseline's trials
+    pair_by: str = "seed"  # runs that differ only in the baseline's key are paired by their value of this key
+    pair_ignore: list[str] = field(default_factory=list)  # config keys that never make two runs differ (paths, tracking)
+    confirm_seeds: int = 0  # re-run the best setting and the baseline on this many fresh values of pair_by
+    resume: bool = True
+    mlflow: TrackingSettings = field(default_factory=TrackingSettings)
+    ray: RaySettings = field(default_factory=RaySettings)
+    pruner: PrunerSettings = field(default_factory=PrunerSettings)
+
+    def check(self) -> None:
+        """Refuse values the engine cannot run, naming the key and what is allowed."""
+        if self.search not in ("auto", "grid", "optuna"):
+            raise ValueError(f"hydra.sweeper.search must be auto, grid or optuna, got {self.search!r}")
+        if self.direction not in ("maximize", "minimize"):
+            raise ValueError(f"hydra.sweeper.direction must be maximize or minimize, got {self.direction!r}")
+        if self.n_jobs < 1 or self.n_trials < 1:
+            raise ValueError("hydra.sweeper.n_jobs and hydra.sweeper.n_trials must be >= 1")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise ValueError(f"hydra.sweeper.max_failure_rate must be in [0, 1], got {self.max_failure_rate}")

@@ -1,0 +1,132 @@
+"""How a sweep chooses its trials: a grid of the command line's values, or an Optuna search, behind one interface.
+
+A :class:`Search` gives Ray Tune what it needs to run its trials (a parameter space, a search
+algorithm or none, a number of samples) and reads back, from a Tune trial's config, which trial of
+the sweep it is (its number) and what it tries (its swept values). Ray is imported only when a
+sweep runs, not when Hydra loads the plugin.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.utils import instantiate
+from optuna.distributions import distribution_to_json
+
+from ghm.comparison.record import FAILED, FINISHED, TrialRecord
+from ghm.sweep.space import SearchSpace
+
+OPTUNA_NUMBER = "optuna_trial_number"  # added to each suggested config: the trial's number in the Optuna study
+
+
+@dataclass(frozen=True)
+class TunePlan:
+    """Ray Tune's view of a search: ``Tuner(param_space=..., tune_config=TuneConfig(search_alg=..., num_samples=...))``."""
+
+    param_space: dict[str, Any]
+    search_alg: Any  # a ray.tune.search.Searcher, or None
+    num_samples: int
+
+
+class Search(ABC):
+    """One way of choosing trials; :attr:`prunable` says whether early stopping may cut them."""
+
+    name: str
+    prunable: bool
+
+    @abstractmethod
+    def plan(self, metric: str, mode: str) -> TunePlan:
+        """What Ray Tune runs, for an objective ``metric`` to ``mode`` ("max" or "min")."""
+
+    @abstractmethod
+    def trial(self, config: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The sweep's number and the swept values of the trial Ray Tune ran with ``config``."""
+
+    def space(self) -> dict[str, Any]:
+        """The searched distributions, for the sweep's record (a grid has none)."""
+        return {}
+
+    def given(self) -> list[TrialRecord]:
+        """Trials answered without running (baselines reused from MLflow)."""
+        return []
+
+    def runs_any(self) -> bool:
+        """Whether any trial is left to run."""
+        return True
+
+
+class GridSearch(Search):
+    """Every combination of the swept values, numbered by its place in the grid; some may be given (reused) already."""
+
+    name = "grid"
+    prunable = False  # a grid is a comparison: every one of its runs finishes
+
+    def __init__(self, points: dict[int, dict[str, Any]], reused: list[TrialRecord] | None = None) -> None:
+        self.points = points
+        self.reused = list(reused or [])
+        self.todo = sorted(set(points) - {t.number for t in self.reused})
+
+    def given(self) -> list[TrialRecord]:
+        return list(self.reused)
+
+    def runs_any(self) -> bool:
+        return bool(self.todo)
+
+    def plan(self, metric: str, mode: str) -> TunePlan:
+        from ray import tune
+
+        return TunePlan({"trial": tune.grid_search(self.todo)}, None, 1)
+
+    def trial(self, config: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        number = int(config["trial"])
+        return number, self.points[number]
+
+
+class OptunaSearch(Search):
+    """Optuna's sampler suggests each trial (asynchronously, through Ray Tune's OptunaSearch) in a persistent study."""
+
+    name = "optuna"
+    prunable = True
+
+    def __init__(self, space: SearchSpace, sampler: dict[str, Any] | None, storage: str, study_name: str, n_trials: int) -> None:
+        self.search_space = space
+        self.sampler = sampler
+        self.storage = storage
+        self.study_name = study_name
+        self.n_trials = n_trials
+
+    def plan(self, metric: str, mode: str) -> TunePlan:
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch as TuneOptunaSearch
+
+        class StateAwareOptunaSearch(TuneOptunaSearch):
+            """Tells Optuna which trials Tune pruned and which failed, and gives trials their Optuna number."""
+
+            def suggest(self, trial_id: str) -> dict | None:
+                config = super().suggest(trial_id)
+                if isinstance(config, dict):
+                    config = {**config, OPTUNA_NUMBER: self._ot_trials[trial_id].number}
+                return config
+
+            def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+                state = (result or {}).get("trial_state")
+                if error or state == FAILED:
+                    super().on_trial_complete(trial_id, None, error=True)
+                elif state != FINISHED:
+                    super().on_trial_complete(trial_id, None, error=False)  # no final value: PRUNED
+                else:
+                    super().on_trial_complete(trial_id, result, error)
+
+        searcher = StateAwareOptunaSearch(space=self.search_space.distributions(), metric=metric, mode=mode,
+                                          sampler=instantiate(self.sampler) if self.sampler else None, study_name=self.study_name,
+                                          storage=optuna.storages.RDBStorage(self.storage))
+        return TunePlan({}, searcher, self.n_trials)
+
+    def trial(self, config: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return int(config[OPTUNA_NUMBER]), {k: config[k] for k in self.search_space.keys}
+
+    def space(self) -> dict[str, Any]:
+        return {key: json.loads(distribution_to_json(d)) for key, d in self.search_space.distributions().items()}

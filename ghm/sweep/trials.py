@@ -1,0 +1,181 @@
+"""Trials on Ray Tune, each one a Hydra job of the task: generic over any Hydra task.
+
+Ray Tune schedules the trials (one per CPU or GPU share, a new one as soon as any finishes),
+stops unpromising ones early in a prunable search (ASHA on the per-epoch objective the task
+reports), retries trials whose worker died, and restores an interrupted sweep from its experiment
+folder. In the Ray worker a trial runs its job through Hydra's own launcher
+(``hydra/launcher``, Hydra's basic one by default: ``launcher.launch(overrides, initial_job_idx)``),
+in the launching working directory, with the environment of :mod:`ghm.sweep.task` (its number, and
+``MLFLOW_RUN_CONTEXT``: the tags that nest its MLflow run under the sweep's parent run). What a
+trial knows of the task is what the sweeper's settings declare: its metric and its epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.plugins import Plugins
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, env_override
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+from ghm.comparison.record import FAILED, FINISHED, PRUNED
+from ghm.sweep.config import PrunerSettings, RaySettings
+from ghm.sweep.parent_run import trial_tags
+from ghm.sweep.search import Search
+from ghm.sweep.task import TRIAL_ENV
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskJob:
+    """The task as a Hydra job: what a Ray worker needs to launch it with a trial's overrides (pickled to the worker)."""
+
+    hydra_context: HydraContext
+    task_function: TaskFunction
+    config: DictConfig  # the sweep's config
+    singleton_state: Any  # Hydra's global state (config store, plugins), as Hydra's own Ray launcher passes it
+    fixed: tuple[str, ...]  # the overrides every trial gets
+
+    def launch(self, number: int, params: dict[str, Any], environment: dict[str, str]) -> JobReturn:
+        """Run the job ``number`` with the swept values ``params`` through Hydra's configured launcher."""
+        with _in_launch_dir(self.config.hydra.runtime.cwd), env_override(environment):
+            Singleton.set_state(self.singleton_state)
+            launcher = Plugins.instance().instantiate_launcher(hydra_context=self.hydra_context, task_function=self.task_function,
+                                                               config=self.config)
+            overrides = [*self.fixed, *(f"{k}={v}" for k, v in params.items())]
+            return launcher.launch([overrides], initial_job_idx=number)[0]
+
+
+@dataclass
+class TrialSpec:
+    """How every trial of one Ray Tune experiment runs and reports (pickled to the workers)."""
+
+    job: TaskJob
+    search: Search
+    metric: str
+    failure_value: float  # reported for a failed trial, the worst value of the objective
+    completed_dir: str  # one JSON per finished or failed trial: a resumed sweep never runs those again
+    sweep_name: str
+    parent_run_id: str | None
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What Ray Tune gives back of one trial."""
+
+    number: int
+    params: dict[str, Any]
+    state: str
+    objective: float | None
+    error: str | None
+
+
+def run_trial(tune_config: dict[str, Any], spec: TrialSpec) -> None:
+    """The Ray Tune trainable: run the trial's job, report its objective and its state."""
+    from ray import tune
+
+    number, params = spec.search.trial(tune_config)
+    record = Path(spec.completed_dir) / f"{number}.json"
+    if record.is_file():  # finished before the sweep was interrupted: report it again, do not re-run it
+        tune.report(json.loads(record.read_text()))
+        return
+    environment = {TRIAL_ENV: str(number), "MLFLOW_RUN_CONTEXT": json.dumps(trial_tags(spec.sweep_name, number, params,
+                                                                                            spec.parent_run_id))}
+    result = spec.job.launch(number, params, environment)
+    if result.status == JobStatus.COMPLETED:
+        final = {spec.metric: float(result.return_value), "trial_state": FINISHED}
+    else:  # the task raised: a failed trial, not a worker death, so not retried
+        error = result._return_value  # JobReturn.return_value re-raises; the exception itself is the record
+        log.error("trial %d failed: %s: %s", number, type(error).__name__, error)
+        final = {spec.metric: spec.failure_value, "trial_state": FAILED, "error": f"{type(error).__name__}: {error}"}
+    record.parent.mkdir(parents=True, exist_ok=True)
+    partial = record.with_suffix(".partial")
+    partial.write_text(json.dumps(final))
+    os.replace(partial, record)
+    tune.report(final)
+
+
+def run_trials(experiment: str, spec: TrialSpec, *, mode: str, n_jobs: int, ray: RaySettings, pruner: PrunerSettings,
+               max_epochs: int | None, storage: Path, resume: bool) -> list[TrialResult]:
+    """Run (or, with ``resume``, restore and finish) the Ray Tune experiment ``experiment`` of the search's trials."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), {"cpu": ray.cpus_per_trial, "gpu": ray.gpus_per_trial})
+    path = storage / experiment
+    if resume and tune.Tuner.can_restore(str(path)):
+        log.info("resuming sweep %s from %s: finished trials are kept", experiment, path)
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        plan = spec.search.plan(spec.metric, mode)
+        scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=(max_epochs or 100) + 1, grace_period=pruner.grace_period,
+                                   reduction_factor=pruner.reduction_factor)
+                     if pruner.enabled and spec.search.prunable else FIFOScheduler())
+        tune_config = tune.TuneConfig(metric=spec.metric, mode=mode, scheduler=scheduler, search_alg=plan.search_alg,
+                                      num_samples=plan.num_samples, max_concurrent_trials=n_jobs, reuse_actors=True)
+        run_config = tune.RunConfig(name=experiment, storage_path=str(storage), verbose=1,
+                                    failure_config=tune.FailureConfig(max_failures=ray.max_retries))
+        tuner = tune.Tuner(trainable, param_space=plan.param_space, tune_config=tune_config, run_config=run_config)
+    return sorted((_result(spec, result) for result in tuner.fit()), key=lambda r: r.number)
+
+
+def _result(spec: TrialSpec, result: Any) -> TrialResult:
+    number, params = spec.search.trial(result.config)
+    metrics = result.metrics or {}
+    if result.error is not None:  # the worker died more often than retried
+        return TrialResult(number, params, FAILED, None, f"{type(result.error).__name__}: {result.error}")
+    state = metrics.get("trial_state")
+    state = state if state in (FINISHED, FAILED) else PRUNED  # stopped by the scheduler before its final report
+    return TrialResult(number, params, state, metrics.get(spec.metric) if state != FAILED else None, metrics.get("error"))
+
+
+def failure_value(mode: str) -> float:
+    """The worst objective, which a failed trial reports so that schedulers and searchers rank it last."""
+    return -math.inf if mode == "max" else math.inf
+
+
+@contextmanager
+def ray_session(settings: RaySettings) -> Iterator[None]:
+    """Ray for one sweep: the cluster at ``address`` (or ``RAY_ADDRESS``), else a local instance stopped at the end."""
+    import ray
+
+    address = settings.address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        yield
+        return
+    if address:
+        ray.init(address=address)
+    else:  # "local": a new instance even where a cluster started by `ray start` runs on this machine
+        ray.init(address="local", include_dashboard=False, log_to_driver=True, configure_logging=False)
+    try:
+        yield
+    finally:
+        if not address:
+            ray.shutdown()
+
+
+@contextmanager
+def _in_launch_dir(path: str) -> Iterator[None]:
+    """Run the job where the sweep was launched (where the node has that folder), as Hydra's launchers do.
+
+    Ray Tune starts a trial in a folder of its own; the job's relative paths (``hydra.runtime.cwd``,
+    the sweep folder, the embedded MLflow store, the dataset cache) mean the launching directory.
+    """
+    previous = os.getcwd()
+    if os.path.isdir(path):
+        os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
