@@ -49,6 +49,7 @@ def train_steps(model: nn.Module, steps: int = 2) -> None:
         optimizer.step()
 
 
+@pytest.mark.slow  # ResNet-50s
 def test_an_imagenet_style_resnet50_checkpoint_maps_onto_the_detector(tmp_path: Path) -> None:
     state = random_checkpoint(resnet50(), tmp_path / "resnet50.pth", seed=0)
     model = detector(backbone_weights=str(tmp_path / "resnet50.pth"), frozen_stages=1, norm_eval=True)
@@ -63,6 +64,7 @@ def test_an_imagenet_style_resnet50_checkpoint_maps_onto_the_detector(tmp_path: 
     assert all(isinstance(m, FrozenBatchNorm2d) for m in model.backbone.body.modules() if "Norm" in type(m).__name__)
 
 
+@pytest.mark.slow  # ResNet-50s
 def test_frozen_stages_and_frozen_batchnorm_do_not_change_in_training(tmp_path: Path) -> None:
     random_checkpoint(resnet50(), tmp_path / "resnet50.pth", seed=1)
     torch.manual_seed(0)
@@ -80,6 +82,7 @@ def test_frozen_stages_and_frozen_batchnorm_do_not_change_in_training(tmp_path: 
     assert not any(p.requires_grad for name, p in model.backbone.body.named_parameters() if name.startswith(("conv1", "layer1")))
 
 
+@pytest.mark.slow  # ResNet-50s
 @pytest.mark.parametrize("frozen_stages, trainable", [(-1, "conv1"), (0, "layer1"), (2, "layer3"), (4, None)])
 def test_frozen_stages_follow_mmdetection(frozen_stages: int, trainable: str | None) -> None:
     model = detector(frozen_stages=frozen_stages)
@@ -89,6 +92,7 @@ def test_frozen_stages_follow_mmdetection(frozen_stages: int, trainable: str | N
     assert first_trainable == trainable
 
 
+@pytest.mark.slow  # ResNet-50s
 def test_from_scratch_batchnorm_trains_and_is_never_identity_frozen() -> None:
     model = detector()
     norms = [m for m in model.backbone.body.modules() if "Norm" in type(m).__name__]
@@ -106,6 +110,7 @@ def test_the_tiny_backbone_loads_its_own_format_and_freezes_its_stem(tmp_path: P
     assert not model.backbone.body.stem[0].weight.requires_grad and model.backbone.body.layer1[0][0].weight.requires_grad
 
 
+@pytest.mark.slow  # ResNet-50s
 def test_checkpoints_that_do_not_fit_fail_with_the_names(tmp_path: Path) -> None:
     random_checkpoint(resnet18(), tmp_path / "resnet18.pth", seed=3)
     with pytest.raises(BackboneWeightsError, match=r"does not fit the ResNet backbone: .*shapes differ for layer1\.0\.conv1\.weight"):

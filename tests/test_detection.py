@@ -35,7 +35,7 @@ def head_inputs(model: RetinaNet, image: torch.Tensor, target: dict) -> tuple[li
 @pytest.mark.parametrize(("beta", "torchvision_loss"), [(1.0, "smooth_l1"), (0.0, "l1")])
 def test_focal_and_smooth_l1_equal_torchvisions_retinanet_loss(beta: float, torchvision_loss: str) -> None:
     torch.manual_seed(0)
-    model = build_detector("retinanet_tiny", 10, FocalLoss(), SmoothL1Loss(beta=beta), min_size=96, max_size=96).train()
+    model = build_detector(10, FocalLoss(), SmoothL1Loss(beta=beta), min_size=96, max_size=96).train()
     model.head.regression_head._loss_type = torchvision_loss  # torchvision's box loss (smooth L1 with its beta 1, or L1)
     ignored = 0
     for image, target in IMAGES:

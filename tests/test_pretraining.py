@@ -7,6 +7,7 @@ import multiprocessing
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from sklearn.datasets import load_digits
@@ -65,6 +66,7 @@ def _ensure(cache: str, queue) -> None:
     queue.put((backbone.key, str(backbone.weights), backbone.metrics["seconds"]))
 
 
+@pytest.mark.slow
 def test_the_backbone_is_trained_once_when_parallel_runs_need_it(tmp_path: Path) -> None:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
@@ -82,6 +84,7 @@ def test_the_backbone_is_trained_once_when_parallel_runs_need_it(tmp_path: Path)
     assert "stem.0.weight" in state and "layer4.1.0.weight" in state  # the detector's body names, no classifier head
 
 
+@pytest.mark.slow
 def test_the_pretraining_is_recorded_once_per_store(tmp_path: Path) -> None:
     backbone = ensure_pretrained_backbone(TINY, DATA, 8, tmp_path / "cache")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
