@@ -3,6 +3,13 @@
 #
 # Behind a TLS-intercepting proxy, give pip its CA bundle as a build secret (used only when given):
 #   docker build --secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt --tag ghm-sweep:latest .
+FROM python:3.11-slim-bookworm AS requirements
+# The dependencies of pyproject.toml (and its `auth` extra) as a requirements file: the layer that
+# installs them is rebuilt only when they change, not when the source or a tool's settings do.
+COPY pyproject.toml /
+RUN python -c "import tomllib; p = tomllib.load(open('/pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['auth']))" > /requirements.txt
+
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONUNBUFFERED=1 \
@@ -16,20 +23,15 @@ RUN apt-get update \
     && mkdir -p /app /shared /mlartifacts \
     && chown ghm:ghm /app /shared /mlartifacts
 
-WORKDIR /app
-# The dependencies in a layer of their own, installed from pyproject.toml and an empty package, so that
-# a change of the source rebuilds in seconds. PyPI's torch==2.14.1 for Linux x86_64 is the CUDA build:
-# the GPU workers use it as is.
-COPY pyproject.toml ./
+# PyPI's torch==2.14.1 for Linux x86_64 is the CUDA build: the GPU workers use it as is.
+COPY --from=requirements /requirements.txt /tmp/requirements.txt
 RUN --mount=type=secret,id=ca-bundle \
     if [ -f /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
-    && mkdir ghm && touch ghm/__init__.py README.md \
-    && pip install ".[auth]" "setuptools>=68" \
-    && pip uninstall --yes ghm-sweep \
-    && rm -rf ghm README.md build ./*.egg-info
+    && pip install --requirement /tmp/requirements.txt "setuptools>=68"
 
+WORKDIR /app
 COPY --chown=ghm:ghm . .
-# The project itself, editable (its configs and caches are found beside the source); no download.
+# The project itself, editable (its configs and caches are found beside the source): seconds, no download.
 RUN pip install --no-deps --no-build-isolation --editable .
 
 USER ghm
