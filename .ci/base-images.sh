@@ -4,14 +4,13 @@
 # import, then .ci/base-images/*.Dockerfile) and tagged with the same names. Images present are kept.
 set -euo pipefail
 cd "$(dirname "$0")"
-python_image=$(sed -n 's/^FROM \(python:[^ ]*\).*/\1/p' ../Dockerfile)
-postgres_image=$(sed -n 's/^ *image: *\(postgres:[^ ]*\) *$/\1/p' ../docker-compose.yml)
+python_image=$(sed -n 's/^FROM \([^ ]*\).*/\1/p' ../Dockerfile | sort -u)
+postgres_image=$(sed -n 's/^ *image: *\(postgres:[^ ]*\) *$/\1/p' ../docker-compose.yml | sort -u)
 # The stand-ins are Debian 12's Python 3.11 and PostgreSQL 15: other names need other stand-ins.
-for pair in "Dockerfile FROM:$python_image:python:3.11-slim-bookworm" "docker-compose.yml postgres image:$postgres_image:postgres:15-bookworm"; do
-  IFS=: read -r where name tag expected_name expected_tag <<<"$pair"
-  [ "$name:$tag" = "$expected_name:$expected_tag" ] || {
-    echo "$where is '$name:$tag'; .ci/base-images provides only $expected_name:$expected_tag" >&2; exit 2; }
-done
+[ "$python_image" = python:3.11-slim-bookworm ] || {
+  echo "Dockerfile's FROM names '$python_image'; .ci/base-images provides python:3.11-slim-bookworm only" >&2; exit 2; }
+[ "$postgres_image" = postgres:15-bookworm ] || {
+  echo "docker-compose.yml's postgres image is '$postgres_image'; .ci/base-images provides postgres:15-bookworm only" >&2; exit 2; }
 
 present() { docker image inspect "$1" >/dev/null 2>&1; }
 missing=()
