@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 python_image=$(sed -n 's/^FROM \([^ ]*\).*/\1/p' ../Dockerfile | sort -u)
-postgres_image=$(sed -n 's/^ *image: *\(postgres:[^ ]*\) *$/\1/p' ../docker-compose.yml | sort -u)
+postgres_image=$(sed -n 's/^ *image: *\(postgres:[^ ]*\).*/\1/p' ../docker-compose.yml | sort -u)
 # The stand-ins are Debian 12's Python 3.11 and PostgreSQL 15: other names need other stand-ins.
 [ "$python_image" = python:3.11-slim-bookworm ] || {
   echo "Dockerfile's FROM names '$python_image'; .ci/base-images provides python:3.11-slim-bookworm only" >&2; exit 2; }

@@ -136,9 +136,13 @@ def inspect(container: str) -> dict[str, Any]:
     return json.loads(subprocess.run(["docker", "inspect", container], capture_output=True, text=True, check=True).stdout)[0]
 
 
+def login(auth: tuple[str, str] | None) -> dict[str, str]:
+    """The HTTP basic-auth header for ``(user, password)``; none for ``None``."""
+    return {"Authorization": "Basic " + base64.b64encode(":".join(auth).encode()).decode()} if auth else {}
+
+
 def get(url: str, auth: tuple[str, str] | None = None, timeout: float = 30) -> bytes:
-    headers = {"Authorization": "Basic " + base64.b64encode(":".join(auth).encode()).decode()} if auth else {}
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as answer:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=login(auth)), timeout=timeout) as answer:
         return answer.read()
 
 
@@ -158,8 +162,7 @@ class MlflowRest:
         request = urllib.request.Request(
             f"{MLFLOW}/api/2.0/mlflow/runs/search", method="POST",
             data=json.dumps({"experiment_ids": [found["experiment"]["experiment_id"]], "max_results": 1000}).encode(),
-            headers={"Content-Type": "application/json",
-                     **({"Authorization": "Basic " + base64.b64encode(":".join(self.auth).encode()).decode()} if self.auth else {})})
+            headers={"Content-Type": "application/json", **login(self.auth)})
         with urllib.request.urlopen(request, timeout=30) as answer:
             return json.loads(answer.read()).get("runs", [])
 
@@ -355,10 +358,7 @@ def test_ray_refuses_drivers_without_the_token(stack: Stack, tmp_path: Path) -> 
 
 def mlflow_status(host: str, auth: tuple[str, str] | None = None) -> tuple[int, str]:
     connection = http.client.HTTPConnection("127.0.0.1", 5000, timeout=30)
-    headers = {"Host": host}
-    if auth:
-        headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
-    connection.request("GET", "/api/2.0/mlflow/experiments/search?max_results=1", headers=headers)
+    connection.request("GET", "/api/2.0/mlflow/experiments/search?max_results=1", headers={"Host": host, **login(auth)})
     response = connection.getresponse()
     return response.status, response.read().decode(errors="replace")
 
