@@ -32,7 +32,8 @@ RUN --mount=type=secret,id=ca-bundle \
 WORKDIR /app
 COPY --chown=ghm:ghm . .
 # The project itself, editable (its configs and caches are found beside the source): seconds, no download.
-RUN pip install --no-deps --no-build-isolation --editable .
+# compat: the checkout itself on sys.path, so Hydra discovers hydra_plugins/ wherever a process starts.
+RUN pip install --no-deps --no-build-isolation --editable . --config-settings editable_mode=compat
 
 USER ghm
 CMD ["python", "launch.py", "--help"]
