@@ -1,4 +1,4 @@
-"""docker-compose.yml, checked statically (no Docker engine runs here): the Compose schema and the security defaults."""
+"""docker-compose.yml, checked statically (tests/test_docker.py brings it up): the Compose schema and the security defaults."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def test_workers_reserve_gpus_and_every_ray_process_runs_the_same_image(services
     images = {(services[n]["image"], json.dumps(services[n].get("build"), sort_keys=True)) for n in ("ray-head", "ray-worker", "launcher")}
     assert len(images) == 1 and services["ray-head"].get("build"), images
     assert "--num-gpus=0" in services["ray-head"]["command"]
-    assert "scale" not in services["ray-worker"] and "container_name" not in services["ray-worker"]  # --scale works
+    assert "scale" not in services["ray-worker"] and "container_name" not in services["ray-worker"]  # RAY_WORKERS replicas work
 
 
 def test_mlflow_is_served_safely_and_services_wait_for_health(services: dict[str, Any]) -> None:
@@ -120,7 +120,7 @@ def test_mlflow_is_served_safely_and_services_wait_for_health(services: dict[str
     assert "postgresql" in mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"] and "--serve-artifacts" in command
     assert any(v.split(":")[0] == "mlflow-artifacts" for v in mlflow["volumes"])
     assert any(v.split(":")[0] == "postgres-data" for v in services["postgres"]["volumes"])
-    for name in ("postgres", "mlflow", "ray-head", "optuna-dashboard"):
+    for name in ("postgres", "mlflow", "ray-head", "ray-worker", "optuna-dashboard"):
         assert services[name]["healthcheck"]["test"], name
     assert services["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["ray-worker"]["depends_on"]["ray-head"]["condition"] == "service_healthy"
