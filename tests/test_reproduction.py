@@ -1,0 +1,78 @@
+"""The reproduction report: the paper's rows beside a sweep's results, read back from an MLflow store."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+from mlflow.tracking import MlflowClient
+from scipy import stats
+
+from ghm.comparison.pairing import Pairing
+from ghm.comparison.record import FINISHED, SweepRecord, TrialRecord
+from ghm.reproduction.__main__ import main
+from ghm.reproduction.paper import PaperRow, PaperTable
+from ghm.reproduction.report import build_report
+
+# Three settings on three seeds: CE well below focal loss, GHM-C indistinguishable from it.
+MAP = {"ce_sl1": [0.20, 0.22, 0.21], "focal": [0.30, 0.33, 0.31], "ghmc_sl1": [0.31, 0.32, 0.32]}
+AP50 = {"focal": [0.61, 0.64, 0.62]}
+TABLE = PaperTable("cls", "Classification losses", "loss=focal",
+                   (PaperRow("loss=ce_sl1", "CE", 28.6), PaperRow("loss=focal", "FL", 35.6), PaperRow("loss=ghmc_sl1", "GHM-C", 35.8)),
+                   "paper")
+
+
+def store_sweep(client: MlflowClient, experiment: str) -> None:
+    """A finished grid sweep as the engine leaves it: a parent run with sweep.json, a child run per trial."""
+    experiment_id = client.create_experiment(experiment)
+    parent = client.create_run(experiment_id, tags={"sweep_parent": "sweep-test", "search": "grid"}).info.run_id
+    trials = []
+    for number, (loss, seed) in enumerate((loss, seed) for loss in MAP for seed in range(3)):
+        run = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
+        client.log_metric(run, "mAP", MAP[loss][seed])
+        if loss in AP50:
+            client.log_metric(run, "AP50", AP50[loss][seed])
+        trials.append(TrialRecord(number, {"loss": loss, "seed": seed}, FINISHED, MAP[loss][seed], seed, loss == "focal", run))
+    record = SweepRecord("sweep-test", "grid", "mAP", "maximize", Pairing.declare("loss=focal"), trials, [])
+    client.log_dict(parent, record.to_json(), "sweep.json")
+    client.set_terminated(parent)
+
+
+def row(report: str, name: str) -> list[str]:
+    line = next(line for line in report.splitlines() if line.startswith(f"| {name} "))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_each_row_gives_the_paper_and_our_paired_difference(tmp_path: Path) -> None:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store_sweep(client, "cls")
+    report = build_report(client, (TABLE,))
+    ce = row(report, "CE (`loss=ce_sl1`)")
+    assert ce[1:3] == ["28.6", "-7.0"] and ce[4] == "3"
+    mean = np.mean(MAP["ce_sl1"])
+    half = stats.t.ppf(0.975, 2) * np.std(MAP["ce_sl1"], ddof=1) / np.sqrt(3)
+    assert ce[3] == f"{mean * 100:.1f} [{(mean - half) * 100:+.1f}, {(mean + half) * 100:+.1f}]"
+    differences = np.subtract(MAP["ce_sl1"], MAP["focal"])
+    interval = stats.ttest_rel(MAP["ce_sl1"], MAP["focal"]).confidence_interval()
+    assert ce[5] == f"{differences.mean() * 100:+.1f} [{interval.low * 100:+.1f}, {interval.high * 100:+.1f}]"
+    assert row(report, "FL (`loss=focal`)")[5] == "baseline"
+    assert f"Regime: baseline mAP {np.mean(MAP['focal']):.3f} (min 0.300), AP50 {np.mean(AP50['focal']):.3f} (min 0.610) over 3 runs" \
+        in report
+    # CE < FL and CE < GHM-C are confirmed (every seed far apart); FL < GHM-C is within these seeds' noise.
+    assert "2 confirmed, 0 contradicted, 1 not resolved (of 3" in report
+    assert re.search(r"- FL < GHM-C \(paper: \+0\.2\): not resolved, ours \+0\.3 \[", report)
+
+
+def test_a_table_not_yet_run_says_how_to_run_it(tmp_path: Path) -> None:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert "Not measured yet: run `python launch.py experiments=cls`" in build_report(client, (TABLE,))
+
+
+def test_the_command_writes_the_report(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store_sweep(MlflowClient(uri), "paper_cls_losses")
+    main(["--tracking-uri", uri, "--output", str(tmp_path / "reproduction.md")])
+    text = (tmp_path / "reproduction.md").read_text()
+    assert text.startswith("# Reproducing the paper's tables") and "| CE (`loss=ce_sl1`) | 28.6 | -7.0 |" in text
+    assert "## GHM-C's number of unit regions M" in text and "Not measured yet: run `python launch.py experiments=paper_bins`" in text
