@@ -6,7 +6,7 @@ same seed, feeds every pair the same Digits-Det batch, and times forward + backw
 the focal baseline for: focal + smooth L1, GHM-C + GHM-R (the paper's density over the whole
 batch), the same per FPN level (the official code's calls), and GHM-C with the exact density.
 
-    python benchmarks/bench_training.py [--model retinanet_tiny] [--batch 8] [--repeats 10]
+    python benchmarks/bench_training.py [--model retinanet_tiny] [--batch 8] [--repeats 10] [--amp]
 """
 
 from __future__ import annotations
@@ -31,16 +31,18 @@ PAIRS = {
 }
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: list[torch.Tensor], targets: list[dict],
-               device: torch.device) -> float:
-    """Seconds of one forward + backward + SGD step."""
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, images: list[torch.Tensor],
+               targets: list[dict], device: torch.device) -> float:
+    """Seconds of one forward + backward + SGD step (under fp16 autocast when the scaler is enabled: AMP)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    losses = model(images, targets)
+    with torch.autocast(device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
+        losses = model(images, targets)
     optimizer.zero_grad()
-    (losses["classification"] + losses["bbox_regression"]).backward()
-    optimizer.step()
+    scaler.scale(losses["classification"] + losses["bbox_regression"]).backward()
+    scaler.step(optimizer)
+    scaler.update()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -52,8 +54,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--amp", action="store_true", help="fp16 autocast and gradient scaling (CUDA only), as train.amp")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
     split = ensure_digits_det(DigitsDetParams(train_images=args.batch, val_images=1, image_size=args.image_size,
                                               max_digit_size=min(44, args.image_size)), Path(".cache") / "digits_det")["train"]
     dataset = CocoDetection(split.images_dir, split.annotation_file)
@@ -63,7 +67,7 @@ def main() -> None:
     backbone, anchors = (("tiny", [12, 24, 48, 96]) if args.model == "retinanet_tiny"  # as conf/model/<model>.yaml
                          else ("resnet50", [32, 64, 128, 256, 512]))
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, {args.model}, batch {args.batch} "
-          f"x {args.image_size}px, median of {args.repeats} steps")
+          f"x {args.image_size}px, {'AMP, ' if scaler.is_enabled() else ''}median of {args.repeats} steps")
     models = {}
     for name, (cls, reg, per_level) in PAIRS.items():
         torch.manual_seed(0)
@@ -73,7 +77,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in models}
     for round_ in range(args.repeats + 2):  # interleaved, so drift of the machine hits every pair alike
         for name, (model, optimizer) in models.items():
-            elapsed = train_step(model, optimizer, images, targets, device)
+            elapsed = train_step(model, optimizer, scaler, images, targets, device)
             if round_ >= 2:
                 times[name].append(elapsed)
     seconds = {name: statistics.median(t) for name, t in times.items()}
