@@ -9,6 +9,7 @@ sweep runs, not when Hydra loads the plugin.
 from __future__ import annotations
 
 import json
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ from optuna.distributions import distribution_to_json
 
 from ghm.comparison.record import FAILED, FINISHED, TrialRecord
 from ghm.sweep.space import SearchSpace
+
+log = logging.getLogger(__name__)
 
 OPTUNA_NUMBER = "optuna_trial_number"  # added to each suggested config: the trial's number in the Optuna study
 
@@ -57,6 +60,10 @@ class Search(ABC):
         """Whether any trial is left to run."""
         return True
 
+    @abstractmethod
+    def settle(self) -> None:
+        """Once every trial has ended: leave nothing of an interrupted attempt open in the search's own records."""
+
 
 class GridSearch(Search):
     """Every combination of the swept values, numbered by its place in the grid; some may be given (reused) already."""
@@ -74,6 +81,9 @@ class GridSearch(Search):
 
     def runs_any(self) -> bool:
         return bool(self.todo)
+
+    def settle(self) -> None:
+        """A grid keeps no records beside Ray Tune's: nothing to settle."""
 
     def plan(self, metric: str, mode: str) -> TunePlan:
         from ray import tune
@@ -130,3 +140,13 @@ class OptunaSearch(Search):
 
     def space(self) -> dict[str, Any]:
         return {key: json.loads(distribution_to_json(d)) for key, d in self.search_space.distributions().items()}
+
+    def settle(self) -> None:
+        """Fail the study's trials that a killed sweep asked for and never ran: still RUNNING once every trial ended."""
+        import optuna
+
+        study = optuna.load_study(study_name=self.study_name, storage=self.storage)
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            log.warning("trial %d of study %s was asked for by an interrupted sweep and never ran: marked failed", trial.number,
+                        self.study_name)
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
