@@ -154,7 +154,8 @@ def test_a_resumed_search_leaves_no_duplicate_and_no_running_trial(tmp_path: Pat
 
     study = optuna.load_study(study_name="resumed", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(completed) == 5  # n_trials, each run once
+    # n_trials ran, and a trial the killed launcher finished after Ray Tune's last snapshot is kept, not run again.
+    assert len(completed) >= 5 and len(log.read_text().splitlines()) == len(completed)
     # An ask the killed launcher never ran cannot be removed from a study: it is failed, never left RUNNING.
     assert all(t.state == optuna.trial.TrialState.FAIL and t.value is None for t in study.trials if t not in completed)
     client = MlflowClient(uri)
@@ -162,5 +163,9 @@ def test_a_resumed_search_leaves_no_duplicate_and_no_running_trial(tmp_path: Pat
     (parent,) = client.search_runs([experiment], filter_string="tags.sweep_parent = 'resumed'")
     children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert parent.info.status == "FINISHED"
-    assert sorted(int(c.data.tags["trial"]) for c in children) == [t.number for t in completed]  # one run per trial
-    assert all(c.info.status == "FINISHED" and c.data.tags["trial_state"] == "finished" for c in children)
+    numbers = [int(c.data.tags["trial"]) for c in children]
+    assert len(numbers) == len(set(numbers)) and set(numbers) >= {t.number for t in completed}  # one run per trial
+    assert all(c.info.status != "RUNNING" for c in children)
+    for child in children:
+        if int(child.data.tags["trial"]) in {t.number for t in completed}:
+            assert child.info.status == "FINISHED" and child.data.tags["trial_state"] == "finished"

@@ -8,6 +8,7 @@ sweep runs, not when Hydra loads the plugin.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from abc import ABC, abstractmethod
@@ -17,12 +18,23 @@ from typing import Any
 from hydra.utils import instantiate
 from optuna.distributions import distribution_to_json
 
-from ghm.comparison.record import FAILED, FINISHED, TrialRecord
+from ghm.comparison.record import FAILED, FINISHED, PRUNED, TrialRecord
 from ghm.sweep.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
 OPTUNA_NUMBER = "optuna_trial_number"  # added to each suggested config: the trial's number in the Optuna study
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What one trial of the search gave."""
+
+    number: int
+    params: dict[str, Any]
+    state: str
+    objective: float | None
+    error: str | None
 
 
 @dataclass(frozen=True)
@@ -61,8 +73,9 @@ class Search(ABC):
         return True
 
     @abstractmethod
-    def settle(self) -> None:
-        """Once every trial has ended: leave nothing of an interrupted attempt open in the search's own records."""
+    def settle(self, known: set[int]) -> list[TrialResult]:
+        """Once every trial has ended: close what an interrupted attempt left open in the search's own records,
+        and return the trials it finished that Ray Tune's restored state lost (``known``: the numbers Tune reported)."""
 
 
 class GridSearch(Search):
@@ -82,8 +95,9 @@ class GridSearch(Search):
     def runs_any(self) -> bool:
         return bool(self.todo)
 
-    def settle(self) -> None:
-        """A grid keeps no records beside Ray Tune's: nothing to settle."""
+    def settle(self, known: set[int]) -> list[TrialResult]:
+        """A grid keeps no records beside Ray Tune's (its trials' numbers are fixed): nothing to settle."""
+        return []
 
     def plan(self, metric: str, mode: str) -> TunePlan:
         from ray import tune
@@ -113,13 +127,18 @@ class OptunaSearch(Search):
         from ray.tune.search.optuna import OptunaSearch as TuneOptunaSearch
 
         class StateAwareOptunaSearch(TuneOptunaSearch):
-            """Tells Optuna which trials Tune pruned and which failed, and gives trials their Optuna number."""
+            """Tells Optuna which trials Tune pruned and which failed, gives trials their Optuna number, and replays safely."""
 
             def suggest(self, trial_id: str) -> dict | None:
                 config = super().suggest(trial_id)
                 if isinstance(config, dict):
                     config = {**config, OPTUNA_NUMBER: self._ot_trials[trial_id].number}
                 return config
+
+            def on_trial_result(self, trial_id: str, result: dict) -> None:
+                # A trial a resumed sweep replays: the study holds its result since before the interruption.
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    super().on_trial_result(trial_id, result)
 
             def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
                 state = (result or {}).get("trial_state")
@@ -141,12 +160,24 @@ class OptunaSearch(Search):
     def space(self) -> dict[str, Any]:
         return {key: json.loads(distribution_to_json(d)) for key, d in self.search_space.distributions().items()}
 
-    def settle(self) -> None:
-        """Fail the study's trials that a killed sweep asked for and never ran: still RUNNING once every trial ended."""
+    def settle(self, known: set[int]) -> list[TrialResult]:
+        """Fail the trials a killed sweep asked for and never ran; return those it finished after Tune's last snapshot.
+
+        Ray Tune saves its state now and then: a trial told to the study just before the launcher was
+        killed is in the study but not in the restored experiment. It finished, so it is kept, not lost.
+        """
         import optuna
 
+        states = {optuna.trial.TrialState.COMPLETE: FINISHED, optuna.trial.TrialState.PRUNED: PRUNED,
+                  optuna.trial.TrialState.FAIL: FAILED}
         study = optuna.load_study(study_name=self.study_name, storage=self.storage)
-        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            log.warning("trial %d of study %s was asked for by an interrupted sweep and never ran: marked failed", trial.number,
-                        self.study_name)
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        lost = []
+        for trial in study.get_trials(deepcopy=False):
+            if trial.state == optuna.trial.TrialState.RUNNING:
+                log.warning("trial %d of study %s was asked for by an interrupted sweep and never ran: marked failed", trial.number,
+                            self.study_name)
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            elif trial.number not in known and trial.state in states:
+                lost.append(TrialResult(trial.number, {k: trial.params[k] for k in self.search_space.keys}, states[trial.state],
+                                        trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None, None))
+        return lost
