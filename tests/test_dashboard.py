@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -104,6 +105,12 @@ def rendered_plots(page: Any) -> list[int]:
     return page.eval_on_selector_all(".plot", "plots => plots.map(p => p.querySelectorAll('svg path, svg .point, svg rect').length)")
 
 
+def plotted(page: Any) -> dict[str, list[dict[str, Any]]]:
+    """What each plot draws, as Plotly holds it after rendering: its traces' names and values, by plot title."""
+    return page.evaluate("() => Object.fromEntries([...document.querySelectorAll('.plot')].map(p => [p.closest('section')"
+                         ".querySelector('h2').innerText, p.data.map(t => ({name: t.name, x: t.x, y: t.y}))]))")
+
+
 def table(page: Any, selector: str) -> list[list[str]]:
     return page.eval_on_selector_all(f"{selector} tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.innerText.trim()))")
 
@@ -124,6 +131,16 @@ def test_the_grid_dashboard_renders_the_comparison(grid: dict[str, Any], browser
     assert {"Leaderboard", "mAP curves", "train_loss curves", "Optimisation history", "Parallel coordinates", "Trials"} <= set(titles)
     sizes = page.eval_on_selector_all(".figures img", "imgs => imgs.map(i => i.naturalWidth)")
     assert len(sizes) == 4 and min(sizes) > 100  # gradient norms of classification and regression, best and baseline
+    plots = plotted(page)
+    (forest,) = plots["Paired differences"]
+    assert forest["y"] == ["loss=ghm"] and forest["x"] == pytest.approx([parent.data.metrics["diff/loss_ghm"]], abs=1e-9)
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    for loss in ("focal", "ghm"):  # each curve is the mean over the setting's seeds of what its runs logged per epoch
+        runs = [c.info.run_id for c in children if c.data.tags["param.loss"] == loss]
+        histories = [{m.step: m.value for m in client.get_metric_history(run, "mAP")} for run in runs]
+        (curve,) = [t for t in plots["mAP curves"] if t["name"] == f"loss={loss}"]
+        assert len(histories) == 2 and curve["x"] == [1, 2]
+        assert curve["y"] == pytest.approx([statistics.fmean(h[step] for h in histories) for step in (1, 2)], abs=1e-9)
     assert errors == []
     screenshot(page, tmp_path, "dashboard.png")
 
@@ -145,6 +162,10 @@ def test_the_search_dashboard_shows_pruned_and_failed_trials(search: dict[str, A
             assert float(row[3]) == pytest.approx(float(row[1].removeprefix("x=")), abs=1e-4)
     titles = page.eval_on_selector_all("h2", "hs => hs.map(h => h.innerText)")
     assert {"Optimisation history", "Parameter importances", "Parallel coordinates", "Slices"} <= set(titles)
+    finished = sorted((int(row[0]), float(row[4])) for row in trials if row[3] == "finished")
+    objective = next(t for t in plotted(page)["Optimisation history"] if t["name"] == "Objective Value")
+    assert objective["x"] == [number for number, _ in finished]  # the finished trials, only, at their values
+    assert objective["y"] == pytest.approx([value for _, value in finished], abs=1e-4)
     assert errors == []
     screenshot(page, tmp_path, "dashboard_search.png")
 

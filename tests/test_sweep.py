@@ -134,3 +134,38 @@ def test_a_trial_whose_worker_dies_is_retried(tmp_path: Path) -> None:
          "hydra.sweeper.ray.max_retries=1", *places(tmp_path, "die")], APPS)
     assert (tmp_path / "died").exists()  # the first attempt's worker did die
     assert sorted(log.read_text().splitlines()) == ["x=0.1 seed=0", "x=0.2 seed=0"]  # retried, and finished once each
+
+
+def test_a_resumed_search_leaves_no_duplicate_and_no_running_trial(tmp_path: Path) -> None:
+    log, uri = tmp_path / "executions.txt", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = [sys.executable, "curves.py", "--config-name", "curves_search", "-m", "hydra.sweeper.study_name=resumed",
+               "hydra.sweeper.n_trials=5", "hydra.sweeper.n_jobs=1", "hydra.sweeper.pruner.enabled=false", "seconds_per_epoch=1.0",
+               f"log={log}", f"+mlflow_uri={uri}", f"+mlflow.tracking_uri={uri}", "+mlflow.experiment_name=resumed",
+               *places(tmp_path, "resumed")]
+    first = subprocess.Popen(command, cwd=APPS, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    started = Path(f"{log}.started")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and (not started.exists() or len(started.read_text().split()) < 3):
+        time.sleep(0.5)
+    time.sleep(1.5)  # the third trial is mid-way: its MLflow run and its Optuna trial are RUNNING
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    run(command[1:], APPS)
+
+    study = optuna.load_study(study_name="resumed", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    # n_trials ran, and a trial the killed launcher finished after Ray Tune's last snapshot is kept, not run again.
+    assert len(completed) >= 5 and len(log.read_text().splitlines()) == len(completed)
+    # An ask the killed launcher never ran cannot be removed from a study: it is failed, never left RUNNING.
+    assert all(t.state == optuna.trial.TrialState.FAIL and t.value is None for t in study.trials if t not in completed)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("resumed").experiment_id
+    (parent,) = client.search_runs([experiment], filter_string="tags.sweep_parent = 'resumed'")
+    children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert parent.info.status == "FINISHED"
+    numbers = [int(c.data.tags["trial"]) for c in children]
+    assert len(numbers) == len(set(numbers)) and set(numbers) >= {t.number for t in completed}  # one run per trial
+    assert all(c.info.status != "RUNNING" for c in children)
+    for child in children:
+        if int(child.data.tags["trial"]) in {t.number for t in completed}:
+            assert child.info.status == "FINISHED" and child.data.tags["trial_state"] == "finished"

@@ -128,6 +128,7 @@ class Sweep:
         results = run_trials(experiment, spec, mode=self.mode, n_jobs=self.settings.n_jobs, ray=self.settings.ray,
                              pruner=self.settings.pruner, max_epochs=self.settings.max_epochs, storage=storage,
                              resume=self.settings.resume)
+        results += search.settle({r.number for r in results})
         ran = [TrialRecord(number=r.number, params=r.params, state=r.state, objective=r.objective,
                            seed=self.pairing.value_of(r.params, fixed, self.config), baseline=self.pairing.is_baseline(r.params),
                            error=r.error) for r in results]

@@ -67,12 +67,23 @@ class ParentRun:
         return self.run_id
 
     def attach_runs(self, trials: list[TrialRecord]) -> None:
-        """Each trial's MLflow run, found by its ``trial`` tag among the children (its latest, if it ran twice)."""
+        """Each trial's MLflow run, found by its ``trial`` tag among the children.
+
+        A trial that ran again after an interruption (a killed sweep, a dead worker) without resuming its
+        run has an older, unfinished run: that attempt is deleted, so each trial has one run. A run still
+        RUNNING now, when every trial has ended, lost its process to the interruption: it ends KILLED.
+        """
         children = self.client.search_runs([self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.run_id}'",
                                            max_results=50_000, order_by=["attributes.start_time DESC"])
         runs: dict[str, str] = {}
         for run in children:
-            runs.setdefault(run.data.tags.get("trial", ""), run.info.run_id)
+            trial = run.data.tags.get("trial", "")
+            if trial in runs:
+                self.client.delete_run(run.info.run_id)
+                continue
+            runs[trial] = run.info.run_id
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run.info.run_id, "KILLED")
         for trial in trials:
             if trial.state != REUSED:
                 trial.mlflow_run_id = runs.get(str(trial.number))

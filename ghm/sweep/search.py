@@ -8,7 +8,9 @@ sweep runs, not when Hydra loads the plugin.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +18,23 @@ from typing import Any
 from hydra.utils import instantiate
 from optuna.distributions import distribution_to_json
 
-from ghm.comparison.record import FAILED, FINISHED, TrialRecord
+from ghm.comparison.record import FAILED, FINISHED, PRUNED, TrialRecord
 from ghm.sweep.space import SearchSpace
 
+log = logging.getLogger(__name__)
+
 OPTUNA_NUMBER = "optuna_trial_number"  # added to each suggested config: the trial's number in the Optuna study
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What one trial of the search gave."""
+
+    number: int
+    params: dict[str, Any]
+    state: str
+    objective: float | None
+    error: str | None
 
 
 @dataclass(frozen=True)
@@ -57,6 +72,11 @@ class Search(ABC):
         """Whether any trial is left to run."""
         return True
 
+    @abstractmethod
+    def settle(self, known: set[int]) -> list[TrialResult]:
+        """Once every trial has ended: close what an interrupted attempt left open in the search's own records,
+        and return the trials it finished that Ray Tune's restored state lost (``known``: the numbers Tune reported)."""
+
 
 class GridSearch(Search):
     """Every combination of the swept values, numbered by its place in the grid; some may be given (reused) already."""
@@ -74,6 +94,10 @@ class GridSearch(Search):
 
     def runs_any(self) -> bool:
         return bool(self.todo)
+
+    def settle(self, known: set[int]) -> list[TrialResult]:
+        """A grid keeps no records beside Ray Tune's (its trials' numbers are fixed): nothing to settle."""
+        return []
 
     def plan(self, metric: str, mode: str) -> TunePlan:
         from ray import tune
@@ -103,13 +127,18 @@ class OptunaSearch(Search):
         from ray.tune.search.optuna import OptunaSearch as TuneOptunaSearch
 
         class StateAwareOptunaSearch(TuneOptunaSearch):
-            """Tells Optuna which trials Tune pruned and which failed, and gives trials their Optuna number."""
+            """Tells Optuna which trials Tune pruned and which failed, gives trials their Optuna number, and replays safely."""
 
             def suggest(self, trial_id: str) -> dict | None:
                 config = super().suggest(trial_id)
                 if isinstance(config, dict):
                     config = {**config, OPTUNA_NUMBER: self._ot_trials[trial_id].number}
                 return config
+
+            def on_trial_result(self, trial_id: str, result: dict) -> None:
+                # A trial a resumed sweep replays: the study holds its result since before the interruption.
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    super().on_trial_result(trial_id, result)
 
             def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
                 state = (result or {}).get("trial_state")
@@ -130,3 +159,25 @@ class OptunaSearch(Search):
 
     def space(self) -> dict[str, Any]:
         return {key: json.loads(distribution_to_json(d)) for key, d in self.search_space.distributions().items()}
+
+    def settle(self, known: set[int]) -> list[TrialResult]:
+        """Fail the trials a killed sweep asked for and never ran; return those it finished after Tune's last snapshot.
+
+        Ray Tune saves its state now and then: a trial told to the study just before the launcher was
+        killed is in the study but not in the restored experiment. It finished, so it is kept, not lost.
+        """
+        import optuna
+
+        states = {optuna.trial.TrialState.COMPLETE: FINISHED, optuna.trial.TrialState.PRUNED: PRUNED,
+                  optuna.trial.TrialState.FAIL: FAILED}
+        study = optuna.load_study(study_name=self.study_name, storage=self.storage)
+        lost = []
+        for trial in study.get_trials(deepcopy=False):
+            if trial.state == optuna.trial.TrialState.RUNNING:
+                log.warning("trial %d of study %s was asked for by an interrupted sweep and never ran: marked failed", trial.number,
+                            self.study_name)
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            elif trial.number not in known and trial.state in states:
+                lost.append(TrialResult(trial.number, {k: trial.params[k] for k in self.search_space.keys}, states[trial.state],
+                                        trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None, None))
+        return lost

@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 from ghm.comparison.record import FAILED, FINISHED, PRUNED
 from ghm.sweep.config import PrunerSettings, RaySettings
 from ghm.sweep.parent_run import trial_tags
-from ghm.sweep.search import Search
+from ghm.sweep.search import Search, TrialResult
 from ghm.sweep.task import TRIAL_ENV
 
 log = logging.getLogger(__name__)
@@ -68,17 +68,6 @@ class TrialSpec:
     completed_dir: str  # one JSON per finished or failed trial: a resumed sweep never runs those again
     sweep_name: str
     parent_run_id: str | None
-
-
-@dataclass(frozen=True)
-class TrialResult:
-    """What Ray Tune gives back of one trial."""
-
-    number: int
-    params: dict[str, Any]
-    state: str
-    objective: float | None
-    error: str | None
 
 
 def run_trial(tune_config: dict[str, Any], spec: TrialSpec) -> None:
