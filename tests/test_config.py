@@ -44,7 +44,7 @@ def test_presets_keep_their_keys_overridable() -> None:
 
 
 @pytest.mark.parametrize("group", ["model=retinanet_r50_fpn pretrain=none", "model=retinanet_r101_fpn pretrain=none", "train=smoke",
-                                   "train=coco_1x", "data=coco data.root=/data/coco pretrain=none", "pretrain=none"])
+                                   "train=coco_1x", "data=coco data.root=/data/coco pretrain=none", "pretrain=none", "data=digits_hard"])
 def test_other_group_options_are_valid(group: str) -> None:
     validate(compose_config([*group.split(), "checkpoint_dir=/tmp/x"]))
 

@@ -19,11 +19,13 @@ from ghm.detection.training import train_step
 from tests.conftest import build_test_job
 
 LOSS_PAIRS = ["focal", "ghm", "ce_sl1", "ghmc_sl1", "ghmc_asl1", "fl_asl1", "fl_ghmr"]
-STEPS = int(os.environ.get("GHM_OVERFIT_STEPS", "300"))
-# Four 96 px Digits-Det images (about 18 digits), a narrow tiny RetinaNet from scratch, the paper's schedule shape.
-SETTINGS = ["data.train_images=4", "data.val_images=1", "data.image_size=96", "data.max_digit_size=40", "pretrain=none",
-            "model.width=16", "model.fpn_channels=32", "model.min_size=96", "model.max_size=96", "train.batch_size=4",
-            f"train.epochs={STEPS}", "train.lr=0.04", "train.lr_reference_batch=4", "train.warmup_iters=20", "train.schedule=step",
+STEPS = int(os.environ.get("GHM_OVERFIT_STEPS", "600"))
+# Two 96 px Digits-Det images (about nine digits), a narrow tiny RetinaNet from scratch, the benchmark's learning rate per
+# image with a step down after two thirds. GHM-R's pairs need about this many steps (focal loss fits in a hundred):
+# docs/benchmarks.md, "the overfit check".
+SETTINGS = ["data.train_images=2", "data.val_images=1", "data.image_size=96", "data.max_digit_size=40", "pretrain=none",
+            "model.width=16", "model.fpn_channels=32", "model.min_size=96", "model.max_size=96", "train.batch_size=2",
+            f"train.epochs={STEPS}", "train.lr=0.0025", "train.lr_reference_batch=1", "train.warmup_iters=20", "train.schedule=step",
             f"train.lr_steps=[{STEPS * 2 // 3}]", "train.figures=false"]
 
 
@@ -34,9 +36,9 @@ def test_every_loss_pair_reproduces_its_training_images(loss: str, tracking_uri:
     job = build_test_job([f"loss={loss}", *SETTINGS, f"mlflow.tracking_uri={tracking_uri}"])
     images, targets = collate([job.data.train[i] for i in range(len(job.data.train))])
     job.model.train()
-    for step in range(STEPS):  # one epoch is the one batch of the four images
+    for step in range(STEPS):  # one epoch is the one batch of the two images
         set_lr_factor(job.optimizer, lr_factor(job.config.train, step, 1))
         assert train_step(job, images, targets, f"step {step}") is not None
-    loader = DataLoader(job.data.train, batch_size=4, collate_fn=collate)
+    loader = DataLoader(job.data.train, batch_size=2, collate_fn=collate)
     metrics = evaluate(job.model, loader, job.data.train, job.device).metrics
     assert metrics["AP50"] >= 0.9, metrics

@@ -92,7 +92,7 @@ def make_crops(params: PretrainingParams, data: DigitsDetParams, seed: int, coun
         image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float()
         size = image.shape[-1]
         gt = torch.tensor([[o.bbox[0], o.bbox[1], o.bbox[0] + o.bbox[2], o.bbox[1] + o.bbox[3]] for o in objects]).reshape(-1, 4)
-        boxes = [_digit_window(o.bbox, params.context, size, rng) for o in objects]
+        boxes = [_digit_window(o.bbox, params.context, rng) for o in objects]
         kinds = [o.digit for o in objects]
         for _ in range(params.backgrounds_per_image):
             window = _background_window(gt, data, size, rng)
@@ -106,7 +106,7 @@ def make_crops(params: PretrainingParams, data: DigitsDetParams, seed: int, coun
     return torch.cat(crops), torch.tensor(labels)
 
 
-def _digit_window(bbox: list[float], context: float, size: int, rng: np.random.Generator) -> list[float]:
+def _digit_window(bbox: list[float], context: float, rng: np.random.Generator) -> list[float]:
     """A square around the digit, ``context`` times its longer side (+-15%), its centre jittered by 10% of the side."""
     x, y, w, h = bbox
     side = max(w, h) * context * rng.uniform(0.85, 1.15)
