@@ -84,7 +84,8 @@ def build_job(run: RunConfig, pairing: Pairing, choices: Mapping[str, str], proc
         if processes.rank == 0 else None
     tags = {"loss_family": run.loss.family, "baseline": str(pairing.is_baseline_run(run.raw, choices)).lower(),
             "dataset": data.dataset_id, "code_version": code_version(), "device": str(device), "model": run.model.name,
-            "world_size": str(processes.world_size), "pair_key": pairing.pair_key(run.raw, code_version())}
+            "world_size": str(processes.world_size), "pair_key": pairing.pair_key(run.raw, code_version()),
+            "config_key": pairing.config_key(run.raw, code_version())}
     if tracker and pretrained:  # the run points at the run that trained its backbone
         tags["backbone_run_id"] = record_in_mlflow(pretrained, tracker.tracking_uri)
     return Job(config=run, device=device, world_size=processes.world_size, rank=processes.rank, data=data, model=model,

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from ghm.comparison.pairing import Pairing
 from ghm.comparison.record import FAILED, FINISHED, PRUNED, REUSED, VERSION, SweepRecord, TrialRecord
+from ghm.comparison.regime import Regime
 from ghm.comparison.settings import best_params, compare_settings, confirmation_points
 from ghm.sweep.config import SweeperConf
 from ghm.sweep.engine import search_kind, sweep_name
@@ -131,3 +132,27 @@ def test_the_record_is_versioned_and_reads_back() -> None:
     with pytest.raises(ValueError, match="newer than this reader"):
         SweepRecord.from_json({**document, "version": VERSION + 1})
     assert math.isnan(record.comparisons[0].t_low)  # one pair: no interval
+
+
+def test_the_regime_line_gives_the_baselines_map_and_ap50_per_seed_range() -> None:
+    regime = Regime.from_runs("loss=focal", {2: {"mAP": 0.36, "AP50": 0.62}, 0: {"mAP": 0.34, "AP50": 0.60},
+                                            1: {"mAP": 0.35, "AP50": 0.61}, 3: {"loss": 1.0}})
+    assert regime.seeds == (0, 1, 2) and regime.map == (0.34, 0.35, 0.36) and regime.detects
+    assert regime.line() == "Regime: baseline loss=focal: mAP 0.350 (0.340-0.360), AP50 0.610 (0.600-0.620) over 3 seeds"
+
+
+def test_a_baseline_that_does_not_detect_is_flagged_and_a_missing_one_said() -> None:
+    weak = Regime.from_runs("loss=focal", {0: {"mAP": 0.02, "AP50": 0.065}})
+    assert not weak.detects
+    assert weak.line().splitlines()[0] == "Regime: baseline loss=focal: mAP 0.020, AP50 0.065 over 1 seed"
+    assert weak.line().splitlines()[1].startswith("WARNING: the baseline's AP50 is below 0.5")
+    assert "no finished run of the baseline loss=focal" in Regime.from_runs("loss=focal", {}).line()
+
+
+def test_the_config_key_tells_the_loss_apart_where_the_pair_key_does_not() -> None:
+    focal = OmegaConf.create({"loss": {"name": "focal"}, "seed": 0, "mlflow": {"experiment_name": "a"}})
+    ghm = OmegaConf.create({"loss": {"name": "ghm"}, "seed": 0, "mlflow": {"experiment_name": "b"}})
+    assert FOCAL.pair_key(focal, "c1") == FOCAL.pair_key(ghm, "c1") != FOCAL.pair_key(ghm, "c2")
+    assert FOCAL.config_key(focal, "c1") != FOCAL.config_key(ghm, "c1")
+    elsewhere = OmegaConf.merge(focal, {"mlflow": {"experiment_name": "paper_bins"}})  # the same run tracked elsewhere
+    assert FOCAL.config_key(elsewhere, "c1") == FOCAL.config_key(focal, "c1") != FOCAL.config_key(focal, "c2")

@@ -23,17 +23,20 @@ TABLE = PaperTable("cls", "Classification losses", "loss=focal",
                    "paper")
 
 
-def store_sweep(client: MlflowClient, experiment: str) -> None:
-    """A finished grid sweep as the engine leaves it: a parent run with sweep.json, a child run per trial."""
+def store_sweep(client: MlflowClient, experiment: str, objectives: dict[str, list[float]] = MAP, key: str = "loss") -> None:
+    """A finished grid sweep as the engine leaves it: a parent run with sweep.json, a child run per trial (tagged as the task tags it)."""
     experiment_id = client.create_experiment(experiment)
     parent = client.create_run(experiment_id, tags={"sweep_parent": "sweep-test", "search": "grid"}).info.run_id
     trials = []
-    for number, (loss, seed) in enumerate((loss, seed) for loss in MAP for seed in range(3)):
-        run = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
-        client.log_metric(run, "mAP", MAP[loss][seed])
-        if loss in AP50:
-            client.log_metric(run, "AP50", AP50[loss][seed])
-        trials.append(TrialRecord(number, {"loss": loss, "seed": seed}, FINISHED, MAP[loss][seed], seed, loss == "focal", run))
+    for number, (value, seed) in enumerate((value, seed) for value in objectives for seed in range(3)):
+        baseline = key == "loss" and value == "focal"
+        tags = {"mlflow.parentRunId": parent, "pair_key": f"seed-{seed}", "baseline": str(baseline).lower()}
+        run = client.create_run(experiment_id, tags=tags).info.run_id
+        client.log_metric(run, "mAP", objectives[value][seed])
+        if value in AP50:
+            client.log_metric(run, "AP50", AP50[value][seed])
+        client.set_terminated(run)
+        trials.append(TrialRecord(number, {key: value, "seed": seed}, FINISHED, objectives[value][seed], seed, baseline, run))
     record = SweepRecord("sweep-test", "grid", "mAP", "maximize", Pairing.declare("loss=focal"), trials, [])
     client.log_dict(parent, record.to_json(), "sweep.json")
     client.set_terminated(parent)
@@ -76,3 +79,18 @@ def test_the_command_writes_the_report(tmp_path: Path) -> None:
     text = (tmp_path / "reproduction.md").read_text()
     assert text.startswith("# Reproducing the paper's tables") and "| CE (`loss=ce_sl1`) | 28.6 | -7.0 |" in text
     assert "## GHM-C's number of unit regions M" in text and "Not measured yet: run `python launch.py experiments=paper_bins`" in text
+
+
+def test_a_sweep_without_baseline_trials_pairs_with_the_baseline_runs_of_another(tmp_path: Path) -> None:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store_sweep(client, "cls")
+    bins = {"5": [0.28, 0.30, 0.30]}
+    store_sweep(client, "bins", bins, key="loss.cls.bins")
+    rows = (PaperRow("loss=focal", "FL", 35.6), PaperRow("loss.cls.bins=5", "M = 5", 33.4))
+    table = PaperTable("bins", "Unit regions", "loss=focal", rows, "paper")
+    report = build_report(client, (table,))
+    interval = stats.ttest_rel(bins["5"], MAP["focal"]).confidence_interval()
+    difference = np.subtract(bins["5"], MAP["focal"]).mean()
+    assert row(report, "M = 5 (`loss.cls.bins=5`)")[5] == f"{difference * 100:+.1f} [{interval.low * 100:+.1f}, {interval.high * 100:+.1f}]"
+    assert row(report, "FL (`loss=focal`)")[3].startswith(f"{np.mean(MAP['focal']) * 100:.1f} ")
+    assert "over 3 runs" in report

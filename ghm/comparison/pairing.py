@@ -94,8 +94,19 @@ class Pairing:
 
     def pair_key(self, config: DictConfig, code_version: str) -> str:
         """What a candidate and its baseline share: the task's config but the baseline's and ignored keys, and the code."""
+        return self._key(config, code_version, (*(k for k in (self.baseline_key,) if k), *self.ignore))
+
+    def config_key(self, config: DictConfig, code_version: str) -> str:
+        """What makes two runs the same run: the task's config but the ignored keys (where it writes), and the code.
+
+        A baseline trial whose config key a finished run of any experiment carries is answered by that run.
+        """
+        return self._key(config, code_version, self.ignore)
+
+    @staticmethod
+    def _key(config: DictConfig, code_version: str, dropped: Sequence[str]) -> str:
         container = OmegaConf.to_container(config, resolve=False)
-        for key in ("hydra", *(k for k in (self.baseline_key,) if k), *self.ignore):
+        for key in ("hydra", *dropped):
             _drop(container, key)
         payload = json.dumps({"config": container, "code": code_version}, sort_keys=True, default=str)
         return hashlib.sha1(payload.encode()).hexdigest()[:16]

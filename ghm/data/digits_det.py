@@ -44,21 +44,21 @@ class DigitsDetParams:
     """Everything that determines the generated dataset."""
 
     image_size: int = 128
-    train_images: int = 800
+    train_images: int = 4000
     val_images: int = 200
     min_objects: int = 2
     max_objects: int = 7
-    min_digit_size: int = 12
-    max_digit_size: int = 40
-    class_tail: float = 0.7  # class frequency ~ 1 / rank^class_tail
-    min_contrast: float = 0.6
-    occlusion_prob: float = 0.25
-    max_distractors: int = 3
+    min_digit_size: int = 20
+    max_digit_size: int = 48
+    class_tail: float = 0.5  # class frequency ~ 1 / rank^class_tail
+    min_contrast: float = 0.9
+    occlusion_prob: float = 0.05
+    max_distractors: int = 2
     noise_std: float = 0.02
-    max_overlap: float = 0.3  # largest IoU between two digits of an image
-    min_luminance_gap: float = 0.0  # a digit's colour differs from its background's luminance by at least this
-    box_opacity: float = 0.1  # a digit's box bounds its pixels at least this opaque
-    background_blur: float = 0.0  # Gaussian blur radius (pixels) of the background photo
+    max_overlap: float = 0.1  # largest IoU between two digits of an image
+    min_luminance_gap: float = 0.5  # a digit's colour differs from its background's luminance by at least this
+    box_opacity: float = 0.35  # a digit's box bounds its pixels at least this opaque
+    background_blur: float = 2.0  # Gaussian blur radius (pixels) of the background photo
     val_scan_fraction: float = 0.25  # share of each digit's scans reserved for the val split
     seed: int = 0
 

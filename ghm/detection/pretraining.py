@@ -53,12 +53,12 @@ IMAGE_STD = (0.229, 0.224, 0.225)
 class PretrainingParams:
     """Everything that determines the pretrained backbone, besides the dataset's look and the width."""
 
-    images: int = 2000  # generated training-pool images the crops are cut from
+    images: int = 3000  # generated training-pool images the crops are cut from
     crop_size: int = 32
     context: float = 1.3  # a digit's crop is its longer side times this (with jitter)
     backgrounds_per_image: int = 4
     holdout_fraction: float = 0.1  # of the images: crops for the reported accuracy, never trained on
-    epochs: int = 6
+    epochs: int = 10
     batch_size: int = 128
     lr: float = 0.05
     weight_decay: float = 5e-4
@@ -206,7 +206,8 @@ def ensure_pretrained_backbone(params: PretrainingParams, data: DigitsDetParams,
         with _locked(folder):  # a concurrent trial that needs it waits here, then finds it cached
             if not metrics_file.is_file():
                 log.info("pretraining the backbone on Digits-Det crops (once; cached in %s)", folder)
-                model, metrics = train_classifier(params, data, width)
+                with _all_cores():  # trials that need it wait for it: their cores are idle meanwhile
+                    model, metrics = train_classifier(params, data, width)
                 _write_atomically(weights, lambda path: torch.save(model.backbone.state_dict(), path))
                 _write_atomically(metrics_file, lambda path: path.write_text(json.dumps(
                     {"key": key, "params": dataclasses.asdict(params), "width": width, **metrics}, indent=2)))
@@ -222,6 +223,17 @@ def record_in_mlflow(backbone: PretrainedBackbone, tracking_uri: str) -> str:
             params={"width": metrics["width"], **metrics["params"]},
             metrics={k: v for k, v in metrics.items() if isinstance(v, int | float) and k != "width"},
             curves=metrics["curves"], artifacts=[backbone.weights, backbone.weights.with_name("metrics.json")])
+
+
+@contextmanager
+def _all_cores() -> Iterator[None]:
+    """torch's CPU threads raised to the cores this process may use (a trial runs with ``train.threads``), then restored."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, len(os.sched_getaffinity(0))))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextmanager

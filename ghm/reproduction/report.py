@@ -63,6 +63,23 @@ def _paired(candidate: Setting | None, baseline: Setting | None, label: str) -> 
     return compare(label, candidate.objectives, baseline.objectives)
 
 
+def borrowed_baseline(client: MlflowClient, view: SweepView, label: str) -> Setting | None:
+    """A sweep without baseline trials (GHM-C's unit regions) takes them from any sweep: for each of its runs, the latest
+    finished baseline run with the same ``pair_key`` (the same data, model, schedule, seed and code), wherever it ran."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    borrowed = Setting(label, baseline=True)
+    for trial in view.record.trials:
+        if trial.mlflow_run_id is None or trial.baseline:
+            continue
+        key = client.get_run(trial.mlflow_run_id).data.tags.get("pair_key")
+        runs = client.search_runs(experiments, f"tags.pair_key = '{key}' and tags.baseline = 'true' and attributes.status = 'FINISHED'",
+                                  max_results=1, order_by=["attributes.start_time DESC"]) if key else []
+        if runs and "mAP" in runs[0].data.metrics and trial.seed is not None and trial.seed not in borrowed.objectives:
+            borrowed.objectives[trial.seed] = runs[0].data.metrics["mAP"]
+            borrowed.runs.append(runs[0].info.run_id)
+    return borrowed if borrowed.objectives else None
+
+
 def regime(client: MlflowClient, baseline: Setting | None) -> str:
     """The baseline's final mAP and AP50, mean over its runs: how well the detectors this table compares detect."""
     if baseline is None or not baseline.runs:
@@ -87,8 +104,8 @@ def table_section(client: MlflowClient, table: PaperTable) -> str:
         view = None
     if view is None:
         return "\n".join([*lines, f"Not measured yet: run `{command}`, then `python -m ghm.reproduction`.", ""])
-    settings = view.settings
-    baseline = settings.get(table.baseline)
+    baseline = view.settings.get(table.baseline) or borrowed_baseline(client, view, table.baseline)
+    settings = {**view.settings, **({table.baseline: baseline} if baseline else {})}
     started = datetime.fromtimestamp(client.get_run(view.parent_run_id).info.start_time / 1000, tz=UTC)
     paper_baseline = table.row(table.baseline).ap
     lines += [f"`{command}` (MLflow experiment `{table.experiment}`, sweep `{view.record.name}`, parent run "

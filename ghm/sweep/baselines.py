@@ -1,8 +1,8 @@
 """Baselines that already ran: a baseline trial whose config ran to the end before is taken from MLflow, not retrained.
 
-A finished run tagged ``baseline=true`` with the trial's ``pair_key`` (same data, model, schedule,
-seed and code version; :meth:`~ghm.comparison.pairing.Pairing.pair_key`) in the sweep's experiment
-stands for the trial, as a ``reused`` trial.
+A finished run, in any experiment of the store, tagged with the trial's ``config_key`` (the same
+config, loss and seed included, and code version; :meth:`~ghm.comparison.pairing.Pairing.config_key`)
+stands for the trial, as a ``reused`` trial: the paper's tables share their focal-loss runs.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ def reuse_baselines(points: dict[int, dict[str, Any]], fixed: tuple[str, ...], p
                     ) -> list[TrialRecord]:
     """The baseline points of a grid that a finished run of the identical config already answers."""
     reused = []
+    experiments = [e.experiment_id for e in parent.client.search_experiments()]  # a baseline run of any experiment counts
     for number, params in points.items():
         if not pairing.is_baseline(params):
             continue
-        key = pairing.pair_key(compose([*fixed, *(f"{k}={v}" for k, v in params.items())]), code_version())
-        query = f"tags.pair_key = '{key}' and tags.baseline = 'true' and attributes.status = 'FINISHED'"
-        runs = parent.client.search_runs([parent.experiment_id], filter_string=query, max_results=1,
-                                         order_by=["attributes.start_time DESC"])
+        key = pairing.config_key(compose([*fixed, *(f"{k}={v}" for k, v in params.items())]), code_version())
+        query = f"tags.config_key = '{key}' and attributes.status = 'FINISHED'"
+        runs = parent.client.search_runs(experiments, filter_string=query, max_results=1, order_by=["attributes.start_time DESC"])
         if runs:
             reused.append(TrialRecord(number=number, params=params, state=REUSED, objective=runs[0].data.metrics.get(metric),
                                       seed=seed_of(params), baseline=True, mlflow_run_id=runs[0].info.run_id))

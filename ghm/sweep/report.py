@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ghm.comparison.record import FAILED, REUSED, STATES, SweepRecord
+from ghm.comparison.record import FAILED, FINISHED, REUSED, STATES, SweepRecord
+from ghm.comparison.regime import Regime
 from ghm.comparison.statistics import format_table
 from ghm.sweep.parent_run import ParentRun
 
@@ -15,6 +16,9 @@ log = logging.getLogger(__name__)
 def report(record: SweepRecord, parent: ParentRun | None, sweep_dir: Path) -> None:
     """Print the comparison; record it, with the dashboard, on the parent run and close it."""
     table = format_table(record.comparisons, record.metric) if record.comparisons else "(no setting could be paired with the baseline)"
+    regime = baseline_regime(record, parent)
+    if regime:
+        table = f"{table}\n{regime.line()}"
     log.info("sweep done: %s", {state: sum(t.state == state for t in record.trials) for state in STATES})
     print(f"\n{table}\n")
     if parent is None:
@@ -23,6 +27,15 @@ def report(record: SweepRecord, parent: ParentRun | None, sweep_dir: Path) -> No
     parent.finish(record, table)
     _dashboard(parent, record, sweep_dir / "dashboard.html")
     parent.end()
+
+
+def baseline_regime(record: SweepRecord, parent: ParentRun | None) -> Regime | None:
+    """The baseline's final mAP and AP50 per seed, read from its MLflow runs (none without a baseline or tracking)."""
+    if record.pairing.baseline is None or parent is None:
+        return None
+    runs = {t.seed: t.mlflow_run_id for t in record.trials
+            if t.baseline and t.state in (FINISHED, REUSED) and t.mlflow_run_id and t.seed is not None}
+    return Regime.from_runs(record.pairing.baseline, {seed: parent.client.get_run(run).data.metrics for seed, run in runs.items()})
 
 
 def _dashboard(parent: ParentRun, record: SweepRecord, output: Path) -> None:
