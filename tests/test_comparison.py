@@ -156,3 +156,9 @@ def test_the_config_key_tells_the_loss_apart_where_the_pair_key_does_not() -> No
     assert FOCAL.config_key(focal, "c1") != FOCAL.config_key(ghm, "c1")
     elsewhere = OmegaConf.merge(focal, {"mlflow": {"experiment_name": "paper_bins"}})  # the same run tracked elsewhere
     assert FOCAL.config_key(elsewhere, "c1") == FOCAL.config_key(focal, "c1") != FOCAL.config_key(focal, "c2")
+
+
+def test_a_setting_answered_by_an_earlier_run_is_compared_like_one_run_now() -> None:
+    trials = [trial(0, "focal", 0, 0.30, REUSED), trial(1, "focal", 1, 0.32), trial(2, "ghm", 0, 0.28, REUSED), trial(3, "ghm", 1, 0.31)]
+    (comparison,) = compare_settings(trials, FOCAL)
+    assert comparison.seeds == (0, 1) and comparison.differences == pytest.approx((-0.02, -0.01))

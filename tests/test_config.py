@@ -13,11 +13,12 @@ import pytest
 import yaml
 from hydra.errors import ConfigCompositionException
 from hydra.utils import get_object
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from ghm.comparison.pairing import Pairing
 from ghm.config import ConfigError, DigitsDataConfig, ModelConfig, instantiate_labelled, validate
-from tests.conftest import ROOT, compose_config
+from tests.conftest import ROOT, compose_config, compose_full
 
 
 def test_defaults_are_valid() -> None:
@@ -196,3 +197,15 @@ def test_each_loss_file_builds_its_class_with_its_values() -> None:
                 assert loss.density.bins == value
             elif key in ("mu", "loss_weight", "alpha", "gamma", "beta"):
                 assert getattr(loss, key) == pytest.approx(value), (option, key)
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml")))
+def test_every_experiment_composes_and_sweeps_keys_its_task_has(experiment: str) -> None:
+    full = compose_full([f"experiments={experiment}", "checkpoint_dir=/tmp/x"])
+    pairing = Pairing.from_sweeper(full.hydra.sweeper)
+    choices = dict(full.hydra.runtime.choices)
+    for key in [*full.hydra.sweeper.params, *([pairing.baseline_key] if pairing.baseline_key else [])]:
+        assert key in choices or OmegaConf.select(full, key, default=None) is not None, f"{experiment}: {key}"
+    with open_dict(full):
+        del full["hydra"]
+    validate(full)

@@ -22,7 +22,7 @@ def compare_settings(trials: Sequence[TrialRecord], pairing: Pairing) -> list[Pa
         return []
     settings: dict[str, dict[int, float]] = {}
     for t in trials:
-        if t.baseline or t.objective is None or t.state != FINISHED or t.seed is None:
+        if t.baseline or t.objective is None or t.state not in (FINISHED, REUSED) or t.seed is None:
             continue
         settings.setdefault(pairing.setting_label(t.params), {})[t.seed] = t.objective
     return [compare(label, values, baseline) for label, values in settings.items() if set(values) & set(baseline)]

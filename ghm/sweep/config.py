@@ -72,6 +72,7 @@ class SweeperConf:
     baseline: str | None = "loss=focal"  # an override selecting the baseline's trials
     pair_by: str = "seed"  # runs that differ only in the baseline's key are paired by their value of this key
     pair_ignore: list[str] = field(default_factory=list)  # config keys that never make two runs differ (paths, tracking)
+    reuse: str = "baselines"  # baselines | finished: which grid points a finished run of the identical config answers
     confirm_seeds: int = 0  # re-run the best setting and the baseline on this many fresh values of pair_by
     resume: bool = True
     mlflow: TrackingSettings = field(default_factory=TrackingSettings)
@@ -86,5 +87,7 @@ class SweeperConf:
             raise ValueError(f"hydra.sweeper.direction must be maximize or minimize, got {self.direction!r}")
         if self.n_jobs < 1 or self.n_trials < 1:
             raise ValueError("hydra.sweeper.n_jobs and hydra.sweeper.n_trials must be >= 1")
+        if self.reuse not in ("baselines", "finished"):
+            raise ValueError(f"hydra.sweeper.reuse must be baselines or finished, got {self.reuse!r}")
         if not 0.0 <= self.max_failure_rate <= 1.0:
             raise ValueError(f"hydra.sweeper.max_failure_rate must be in [0, 1], got {self.max_failure_rate}")

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from ghm.comparison.pairing import Pairing
 from ghm.comparison.record import SweepRecord, TrialRecord
 from ghm.comparison.settings import best_params, compare_settings, confirmation_points
-from ghm.sweep.baselines import reuse_baselines
+from ghm.sweep.baselines import reuse_finished
 from ghm.sweep.config import SweeperConf
 from ghm.sweep.parent_run import ParentRun
 from ghm.sweep.report import check_failures, report
@@ -109,9 +109,10 @@ class Sweep:
 
     def _grid(self, points: dict[int, dict[str, Any]], fixed: tuple[str, ...], parent: ParentRun | None) -> GridSearch:
         """A grid whose baseline points that already ran are reused, the others to run."""
-        reused = reuse_baselines(points, fixed, self.pairing, parent, self._compose, self.settings.metric,
-                                 lambda params: self.pairing.value_of(params, fixed, self.config)) \
-            if parent and self.pairing.baseline else []
+        reused = reuse_finished(points, fixed, self.pairing, parent, self._compose, self.settings.metric,
+                                lambda params: self.pairing.value_of(params, fixed, self.config),
+                                baselines_only=self.settings.reuse == "baselines") \
+            if parent and (self.pairing.baseline or self.settings.reuse == "finished") else []
         return GridSearch(points, reused)
 
     def _compose(self, overrides: list[str]) -> DictConfig:
