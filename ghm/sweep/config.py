@@ -1,9 +1,9 @@
 """The sweeper's settings (``hydra.sweeper``), typed: Hydra's ConfigStore holds them, so a typo fails at compose.
 
-``hydra_plugins/ghm_sweeper`` registers :class:`SweeperConf` as ``hydra/sweeper: ghm`` and as
-``hydra/sweeper: optuna`` (with hydra-optuna-sweeper's keys: ``sampler``, ``direction``,
-``storage``, ``study_name``, ``n_trials``, ``n_jobs``, ``params``, ``max_failure_rate``) and the
-samplers under ``hydra/sweeper/sampler``. The engine knows the task only through these settings:
+``hydra_plugins/ghm_sweeper`` registers :class:`SweeperConf` as ``hydra/sweeper: ghm``, which takes
+hydra-optuna-sweeper's keys too (``sampler``, ``direction``, ``storage``, ``study_name``,
+``n_trials``, ``n_jobs``, ``params``, ``max_failure_rate``), and the samplers under
+``hydra/sweeper/sampler``. The engine knows the task only through these settings:
 what it returns and reports (``metric``, ``max_epochs``), how its runs pair (``baseline``,
 ``pair_by``, ``pair_ignore``) and where the sweep's MLflow parent run goes (``mlflow``), which the
 task's config declares (``conf/config.yaml``).
@@ -19,9 +19,18 @@ from omegaconf import MISSING
 
 @dataclass
 class TPESamplerConf:
+    """hydra-optuna-sweeper's keys and defaults (null: Optuna's own default)."""
+
     _target_: str = "optuna.samplers.TPESampler"
     seed: int | None = None
+    consider_prior: bool | None = None
+    prior_weight: float | None = None
+    consider_magic_clip: bool | None = None
+    consider_endpoints: bool | None = None
     n_startup_trials: int = 10
+    n_ei_candidates: int = 24
+    multivariate: bool = False
+    warn_independent_sampling: bool | None = None
 
 
 @dataclass

@@ -1,0 +1,306 @@
+"""``hydra/sweeper: optuna``: hydra-optuna-sweeper's behaviour, so an app written for that plugin runs unchanged.
+
+The algorithm is that plugin's (1.3 and 1.4 series) on the installed Optuna: the study is created
+(or loaded, ``load_if_exists``) with the configured sampler and directions; each batch of
+``n_jobs`` trials is asked for, launched through Hydra's configured launcher (``hydra/launcher``,
+so the jobs' folders are ``<hydra.sweep.dir>/<job number>`` as with Hydra's basic sweeper) and
+told; a persisted study gets ``n_trials`` more trials; a batch whose failure rate exceeds
+``max_failure_rate`` stops the sweep with the task's own exception. The sweep ends with
+``optimization_results.yaml`` in the sweep folder and the "Best parameters / Best value" lines (a
+Pareto front for several directions). No Ray, no pruning and no baselines here: those are the
+project's own sweeper's (``hydra/sweeper: ghm``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import warnings
+from collections.abc import Callable, MutableSequence, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import get_method
+from omegaconf import MISSING, DictConfig, OmegaConf
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import Trial, TrialState
+
+from ghm.sweep.space import to_distribution
+
+log = logging.getLogger(__name__)
+
+MOTPE_REMOVED = ("The 'motpe' sampler was removed in Optuna 4.0. Use 'hydra/sweeper/sampler=tpe' instead. "
+                 "TPESampler now handles multi-objective optimization.")
+
+
+def motpe_removed(*args: Any, **kwargs: Any) -> None:
+    """``hydra/sweeper/sampler=motpe``: the sampler left Optuna; the error says what replaces it (upstream's words)."""
+    raise ValueError(MOTPE_REMOVED)
+
+
+@dataclass
+class GridSamplerConf:
+    """The grid is the swept parameters' values: the sweeper completes this partial with it."""
+
+    _target_: str = "optuna.samplers.GridSampler"
+    _partial_: bool = True
+    seed: int | None = None
+
+
+@dataclass
+class CmaEsSamplerConf:
+    _target_: str = "optuna.samplers.CmaEsSampler"
+    seed: int | None = None
+    x0: dict[str, Any] | None = None
+    sigma0: float | None = None
+    independent_sampler: Any | None = None
+    warn_independent_sampling: bool = True
+    consider_pruned_trials: bool = False
+    restart_strategy: Any | None = None
+    inc_popsize: int = -1  # upstream: 2 with restart_strategy, which Optuna 4.4+ deprecates; -1 is Optuna's "unused"
+    use_separable_cma: bool = False
+    source_trials: Any | None = None
+
+
+@dataclass
+class NSGAIISamplerConf:
+    _target_: str = "optuna.samplers.NSGAIISampler"
+    seed: int | None = None
+    population_size: int = 50
+    mutation_prob: float | None = None
+    crossover_prob: float = 0.9
+    swapping_prob: float = 0.5
+    constraints_func: Any | None = None
+
+
+@dataclass
+class MOTPESamplerConf:
+    _target_: str = "ghm.sweep.optuna_sweeper.motpe_removed"
+    seed: int | None = None  # accepted, so that a config setting it reaches the removal message
+
+
+@dataclass
+class GPSamplerConf:
+    _target_: str = "optuna.samplers.GPSampler"
+    seed: int | None = None
+    independent_sampler: Any | None = None
+    n_startup_trials: int = 10
+    deterministic_objective: bool = False
+    constraints_func: Any | None = None
+    warn_independent_sampling: bool = True
+
+
+@dataclass
+class QMCSamplerConf:
+    _target_: str = "optuna.samplers.QMCSampler"
+    seed: int | None = None
+    qmc_type: str = "sobol"
+    scramble: bool = False
+    independent_sampler: Any | None = None
+    warn_asynchronous_seeding: bool = True
+    warn_independent_sampling: bool = True
+
+
+@dataclass
+class OptunaSweeperConf:
+    """hydra-optuna-sweeper's ``OptunaSweeperConf``: the same keys and defaults."""
+
+    _target_: str = "hydra_plugins.ghm_sweeper.ghm_sweeper.OptunaSweeper"
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
+    sampler: Any = MISSING
+    direction: Any = "minimize"  # or a list of directions: a multi-objective study
+    storage: Any | None = None  # null: an in-memory study
+    study_name: str | None = None
+    n_trials: int = 20
+    n_jobs: int = 2  # the trials of one batch, launched together through hydra/launcher
+    max_failure_rate: float = 0.0  # per batch; exceeded: the sweep stops with the task's exception
+    search_space: dict[str, Any] | None = None  # deprecated upstream: hydra.sweeper.params
+    params: dict[str, str] | None = None
+    custom_search_space: str | None = None  # "module.function"(config, trial): suggests more parameters per trial
+
+
+def distribution_from_config(config: dict[str, Any]) -> BaseDistribution:
+    """One entry of the deprecated ``search_space`` (``type``: int, float or categorical)."""
+    kind, low, high, step, log_scale = config["type"], config.get("low"), config.get("high"), config.get("step"), config.get("log", False)
+    kind = getattr(kind, "name", kind)
+    if kind == "categorical":
+        return CategoricalDistribution(config["choices"])
+    if kind == "int":
+        return IntDistribution(int(low), int(high), log=log_scale, step=1 if log_scale or step is None else int(step))
+    if kind == "float":
+        return FloatDistribution(low, high, log=log_scale, step=None if log_scale else step)
+    raise NotImplementedError(f"{kind} is not supported by Optuna sweeper.")
+
+
+def params_from_overrides(arguments: list[str]) -> tuple[dict[str, BaseDistribution], dict[str, Any]]:
+    """The swept parameters as Optuna distributions, and the fixed ones as override values (upstream's split)."""
+    distributions: dict[str, BaseDistribution] = {}
+    fixed: dict[str, Any] = {}
+    for override in OverridesParser.create().parse_overrides(arguments):
+        if override.is_sweep_override():
+            distributions[override.get_key_element()] = to_distribution(override)
+        else:
+            fixed[override.get_key_element()] = override.get_value_element_as_str()
+    for name in fixed:  # a fixed value wins over a swept one
+        distributions.pop(name, None)
+    return distributions, fixed
+
+
+def grid_choices(name: str, distribution: BaseDistribution) -> list[Any]:
+    """A swept parameter's values for the grid sampler: its choices, or its range's steps (the stop excluded, as Hydra's range)."""
+    if isinstance(distribution, CategoricalDistribution):
+        return list(distribution.choices)
+    if isinstance(distribution, IntDistribution | FloatDistribution) and distribution.step is not None and not distribution.log:
+        count = int((distribution.high - distribution.low) // distribution.step)
+        return [distribution.low + i * distribution.step for i in range(count)]
+    raise ValueError(f"{name}: GridSampler only supports discrete distributions.")
+
+
+def directions_of(direction: Any) -> list[str]:
+    """``minimize``, ``maximize`` or a list of them (enum members or names)."""
+    values = list(direction) if isinstance(direction, MutableSequence | Sequence) and not isinstance(direction, str) else [direction]
+    names = [getattr(d, "name", d) for d in values]
+    for name in names:
+        if name not in ("minimize", "maximize"):
+            raise ValueError(f"hydra.sweeper.direction must be minimize, maximize or a list of them, got {name!r}")
+    return names
+
+
+def objective_values(value: Any, directions: list[str]) -> list[float]:
+    """The job's return value as the study's values, with upstream's errors."""
+    if len(directions) == 1:
+        try:
+            return [float(value)]
+        except (ValueError, TypeError):
+            raise ValueError(f"Return value must be float-castable. Got '{value}'.").with_traceback(sys.exc_info()[2]) from None
+    try:
+        values = [float(v) for v in value]
+    except (ValueError, TypeError):
+        raise ValueError(f"Return value must be a list or tuple of float-castable values. Got '{value}'.").with_traceback(
+            sys.exc_info()[2]) from None
+    if len(values) != len(directions):
+        raise ValueError("The number of the values and the number of the objectives are mismatched. "
+                         f"Expect {len(directions)}, but actually {len(values)}.")
+    return values
+
+
+class OptunaSweep:
+    """One sweep with hydra-optuna-sweeper's semantics; :meth:`run` runs it and writes its results."""
+
+    def __init__(self, settings: OptunaSweeperConf, sampler: Any, hydra_context: HydraContext, task_function: TaskFunction,
+                 config: DictConfig) -> None:
+        if not 0.0 <= settings.max_failure_rate <= 1.0:
+            raise ValueError(f"hydra.sweeper.max_failure_rate must be in [0, 1], got {settings.max_failure_rate}")
+        self.settings = settings
+        self.sampler = sampler
+        self.config = config
+        self.directions = directions_of(settings.direction)
+        self.launcher: Launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context,
+                                                                          task_function=task_function)
+        path = settings.custom_search_space
+        # A leading dot names a module beside the app (the script's folder is on sys.path), as upstream's example writes it.
+        self.extend: Callable[[DictConfig, Trial], None] | None = get_method(path.lstrip(".")) if path else None
+        self.job_idx = 0
+
+    def search_arguments(self, arguments: list[str]) -> list[str]:
+        """``hydra.sweeper.params`` (or the deprecated ``search_space``) followed by the command line's overrides."""
+        params, search_space = self.settings.params, self.settings.search_space
+        if search_space is not None and params is not None:
+            warnings.warn("Both hydra.sweeper.params and hydra.sweeper.search_space are configured.\n"
+                          "Hydra will use hydra.sweeper.params for defining search space.", stacklevel=2)
+        elif search_space is not None:
+            warnings.warn("`hydra.sweeper.search_space` is deprecated and will be removed in the next major release. "
+                          "Please configure with `hydra.sweeper.params`.", stacklevel=2)
+        return [f"{key}={value}" for key, value in (params or {}).items()] + list(arguments)
+
+    def run(self, arguments: list[str]) -> None:
+        distributions, fixed = params_from_overrides(self.search_arguments(arguments))
+        if self.settings.params is None and self.settings.search_space:
+            for name, entry in self.settings.search_space.items():
+                distributions.setdefault(str(name), distribution_from_config(entry))
+        n_trials, sampler = self.settings.n_trials, self.sampler
+        is_grid = isinstance(sampler, functools.partial) and sampler.func is optuna.samplers.GridSampler
+        if is_grid:
+            grid = {name: grid_choices(name, d) for name, d in distributions.items()}
+            sampler = sampler(grid)
+            size = 1
+            for values in grid.values():
+                size *= len(values)
+            n_trials = min(n_trials, size)
+            log.info(f"Updating num of trials to {n_trials} due to using GridSampler.")
+        study = optuna.create_study(study_name=self.settings.study_name, storage=self.settings.storage, sampler=sampler,
+                                    directions=self.directions, load_if_exists=True)
+        log.info(f"Study name: {study.study_name}")
+        log.info(f"Storage: {self.settings.storage}")
+        log.info(f"Sampler: {type(sampler).__name__}")
+        log.info(f"Directions: {self.directions}")
+        to_go = n_trials
+        while to_go > 0:
+            batch = min(to_go, self.settings.n_jobs)
+            trials = [study.ask() for _ in range(batch)]
+            overrides = [self._configure(trial, distributions, fixed) for trial in trials]
+            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            self._tell(study, trials, returns, is_grid)
+            self.job_idx += len(returns)
+            to_go -= batch
+        self._save(study)
+
+    def _configure(self, trial: Trial, distributions: dict[str, BaseDistribution], fixed: dict[str, Any]) -> tuple[str, ...]:
+        """A trial's overrides: its suggested values, those of ``custom_search_space``, and the fixed ones."""
+        for name, distribution in distributions.items():
+            trial._suggest(name, distribution)
+        for name, value in fixed.items():
+            trial.set_user_attr(name, value)
+        if self.extend:
+            self.extend(self.config, trial)
+        overlap = trial.params.keys() & trial.user_attrs.keys()
+        if overlap:
+            raise ValueError(f"Overlapping fixed parameters and search space parameters found! Overlapping parameters: {list(overlap)}")
+        return tuple(f"{name}={value}" for name, value in {**trial.params, **fixed}.items())
+
+    def _tell(self, study: optuna.Study, trials: list[Trial], returns: Sequence[JobReturn], is_grid: bool) -> None:
+        """Record each job's values (or its failure); above ``max_failure_rate`` re-raise the task's own exception."""
+        failures = []
+        for number, (trial, result) in enumerate(zip(trials, returns, strict=True), start=self.job_idx):
+            try:
+                values = objective_values(result.return_value, self.directions)  # return_value re-raises the task's exception
+            except Exception as error:  # the task's failure is the trial's, recorded as FAIL
+                study.tell(trial, state=TrialState.FAIL)
+                log.warning(f"Failed experiment: {error}")
+                failures.append(error)
+                continue
+            try:
+                study.tell(trial, values=values)
+            except RuntimeError as error:  # the grid sampler stops the study once its grid is done
+                if not (is_grid and "`Study.stop` is supposed to be invoked" in str(error)):
+                    raise
+            log.info("#%d : %s", number, values[0] if len(values) == 1 else values)  # the job's result, by its launcher number
+        if failures and len(failures) / len(returns) > self.settings.max_failure_rate:
+            log.error(f"Failed {len(failures)} times out of {len(returns)} with max_failure_rate={self.settings.max_failure_rate}.")
+            for result in returns:
+                result.return_value  # noqa: B018 - raises the task's exception with its traceback
+
+    def _save(self, study: optuna.Study) -> None:
+        """``optimization_results.yaml`` in the sweep folder and the log lines, as upstream writes them."""
+        if len(self.directions) < 2:
+            best = study.best_trial
+            results: dict[str, Any] = {"name": "optuna", "best_params": best.params, "best_value": best.value}
+            log.info(f"Best parameters: {best.params}")
+            log.info(f"Best value: {best.value}")
+        else:
+            front = study.best_trials
+            results = {"name": "optuna", "solutions": [{"params": t.params, "values": t.values} for t in front]}
+            log.info(f"Number of Pareto solutions: {len(front)}")
+            for t in front:
+                log.info(f"    Values: {t.values}, Params: {t.params}")
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
