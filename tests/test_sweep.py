@@ -31,18 +31,6 @@ def places(tmp_path: Path, name: str) -> list[str]:
             f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}"]
 
 
-def test_an_app_written_for_hydra_optuna_sweeper_runs_unchanged(tmp_path: Path) -> None:
-    # sphere.py / sphere.yaml are the plugin's documented example, selecting `hydra/sweeper: optuna`.
-    run(["sphere.py", "-m", "hydra.sweeper.n_trials=5", *places(tmp_path, "sphere")], APPS)
-    study = optuna.load_study(study_name="sphere", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    assert study.direction == optuna.study.StudyDirection.MINIMIZE
-    trials = study.trials
-    assert len(trials) == 5 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    for t in trials:
-        assert t.value == t.params["x"] ** 2 + t.params["y"] ** 2
-        assert t.params["x"] in [-5.5 + 0.5 * i for i in range(23)] and t.params["y"] in (-5, 0, 5)
-
-
 def test_optuna_search_prunes_and_records_failed_trials(tmp_path: Path) -> None:
     log = tmp_path / "executions.txt"
     result = run(["curves.py", "--config-name", "curves_search", "-m", "hydra.sweeper.study_name=curves",

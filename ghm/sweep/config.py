@@ -39,6 +39,96 @@ class RandomSamplerConf:
     seed: int | None = None
 
 
+MOTPE_REMOVED = ("The 'motpe' sampler was removed in Optuna 4.0. Use 'hydra/sweeper/sampler=tpe' instead. "
+                 "TPESampler now handles multi-objective optimization.")
+
+
+def motpe_removed(*args: Any, **kwargs: Any) -> None:
+    """``hydra/sweeper/sampler=motpe``: the sampler left Optuna; the error says what replaces it (upstream's words)."""
+    raise ValueError(MOTPE_REMOVED)
+
+
+@dataclass
+class GridSamplerConf:
+    """The grid is the swept parameters' values: the sweeper completes this partial with it."""
+
+    _target_: str = "optuna.samplers.GridSampler"
+    _partial_: bool = True
+    seed: int | None = None
+
+
+@dataclass
+class CmaEsSamplerConf:
+    _target_: str = "optuna.samplers.CmaEsSampler"
+    seed: int | None = None
+    x0: dict[str, Any] | None = None
+    sigma0: float | None = None
+    independent_sampler: Any | None = None
+    warn_independent_sampling: bool = True
+    consider_pruned_trials: bool = False
+    restart_strategy: Any | None = None
+    inc_popsize: int = -1  # upstream: 2 with restart_strategy, which Optuna 4.4+ deprecates; -1 is Optuna's "unused"
+    use_separable_cma: bool = False
+    source_trials: Any | None = None
+
+
+@dataclass
+class NSGAIISamplerConf:
+    _target_: str = "optuna.samplers.NSGAIISampler"
+    seed: int | None = None
+    population_size: int = 50
+    mutation_prob: float | None = None
+    crossover_prob: float = 0.9
+    swapping_prob: float = 0.5
+    constraints_func: Any | None = None
+
+
+@dataclass
+class MOTPESamplerConf:
+    _target_: str = "ghm.sweep.config.motpe_removed"
+    seed: int | None = None  # accepted, so that a config setting it reaches the removal message
+
+
+@dataclass
+class GPSamplerConf:
+    _target_: str = "optuna.samplers.GPSampler"
+    seed: int | None = None
+    independent_sampler: Any | None = None
+    n_startup_trials: int = 10
+    deterministic_objective: bool = False
+    constraints_func: Any | None = None
+    warn_independent_sampling: bool = True
+
+
+@dataclass
+class QMCSamplerConf:
+    _target_: str = "optuna.samplers.QMCSampler"
+    seed: int | None = None
+    qmc_type: str = "sobol"
+    scramble: bool = False
+    independent_sampler: Any | None = None
+    warn_asynchronous_seeding: bool = True
+    warn_independent_sampling: bool = True
+
+
+@dataclass
+class OptunaSweeperConf:
+    """hydra-optuna-sweeper's ``OptunaSweeperConf``: the same keys and defaults."""
+
+    _target_: str = "hydra_plugins.ghm_sweeper.ghm_sweeper.OptunaSweeper"
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
+    sampler: Any = MISSING
+    direction: Any = "minimize"  # or a list of directions: a multi-objective study
+    storage: Any | None = None  # null: an in-memory study
+    study_name: str | None = None
+    n_trials: int = 20
+    n_jobs: int = 2  # the trials of one batch, launched together through hydra/launcher
+    max_failure_rate: float = 0.0  # per batch; exceeded: the sweep stops with the task's exception
+    search_space: dict[str, Any] | None = None  # deprecated upstream: hydra.sweeper.params
+    params: dict[str, str] | None = None
+    custom_search_space: str | None = None  # "module.function"(config, trial): suggests more parameters per trial
+
+
 @dataclass
 class RaySettings:
     address: str | None = None  # a running cluster ("ray://host:10001" or "host:6379"); default: RAY_ADDRESS, else local

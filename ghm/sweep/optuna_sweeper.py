@@ -18,7 +18,6 @@ import logging
 import sys
 import warnings
 from collections.abc import Callable, MutableSequence, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,103 +28,14 @@ from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import Trial, TrialState
 
+from ghm.sweep.config import OptunaSweeperConf
 from ghm.sweep.space import to_distribution
 
 log = logging.getLogger(__name__)
-
-MOTPE_REMOVED = ("The 'motpe' sampler was removed in Optuna 4.0. Use 'hydra/sweeper/sampler=tpe' instead. "
-                 "TPESampler now handles multi-objective optimization.")
-
-
-def motpe_removed(*args: Any, **kwargs: Any) -> None:
-    """``hydra/sweeper/sampler=motpe``: the sampler left Optuna; the error says what replaces it (upstream's words)."""
-    raise ValueError(MOTPE_REMOVED)
-
-
-@dataclass
-class GridSamplerConf:
-    """The grid is the swept parameters' values: the sweeper completes this partial with it."""
-
-    _target_: str = "optuna.samplers.GridSampler"
-    _partial_: bool = True
-    seed: int | None = None
-
-
-@dataclass
-class CmaEsSamplerConf:
-    _target_: str = "optuna.samplers.CmaEsSampler"
-    seed: int | None = None
-    x0: dict[str, Any] | None = None
-    sigma0: float | None = None
-    independent_sampler: Any | None = None
-    warn_independent_sampling: bool = True
-    consider_pruned_trials: bool = False
-    restart_strategy: Any | None = None
-    inc_popsize: int = -1  # upstream: 2 with restart_strategy, which Optuna 4.4+ deprecates; -1 is Optuna's "unused"
-    use_separable_cma: bool = False
-    source_trials: Any | None = None
-
-
-@dataclass
-class NSGAIISamplerConf:
-    _target_: str = "optuna.samplers.NSGAIISampler"
-    seed: int | None = None
-    population_size: int = 50
-    mutation_prob: float | None = None
-    crossover_prob: float = 0.9
-    swapping_prob: float = 0.5
-    constraints_func: Any | None = None
-
-
-@dataclass
-class MOTPESamplerConf:
-    _target_: str = "ghm.sweep.optuna_sweeper.motpe_removed"
-    seed: int | None = None  # accepted, so that a config setting it reaches the removal message
-
-
-@dataclass
-class GPSamplerConf:
-    _target_: str = "optuna.samplers.GPSampler"
-    seed: int | None = None
-    independent_sampler: Any | None = None
-    n_startup_trials: int = 10
-    deterministic_objective: bool = False
-    constraints_func: Any | None = None
-    warn_independent_sampling: bool = True
-
-
-@dataclass
-class QMCSamplerConf:
-    _target_: str = "optuna.samplers.QMCSampler"
-    seed: int | None = None
-    qmc_type: str = "sobol"
-    scramble: bool = False
-    independent_sampler: Any | None = None
-    warn_asynchronous_seeding: bool = True
-    warn_independent_sampling: bool = True
-
-
-@dataclass
-class OptunaSweeperConf:
-    """hydra-optuna-sweeper's ``OptunaSweeperConf``: the same keys and defaults."""
-
-    _target_: str = "hydra_plugins.ghm_sweeper.ghm_sweeper.OptunaSweeper"
-    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
-    sampler: Any = MISSING
-    direction: Any = "minimize"  # or a list of directions: a multi-objective study
-    storage: Any | None = None  # null: an in-memory study
-    study_name: str | None = None
-    n_trials: int = 20
-    n_jobs: int = 2  # the trials of one batch, launched together through hydra/launcher
-    max_failure_rate: float = 0.0  # per batch; exceeded: the sweep stops with the task's exception
-    search_space: dict[str, Any] | None = None  # deprecated upstream: hydra.sweeper.params
-    params: dict[str, str] | None = None
-    custom_search_space: str | None = None  # "module.function"(config, trial): suggests more parameters per trial
-
 
 def distribution_from_config(config: dict[str, Any]) -> BaseDistribution:
     """One entry of the deprecated ``search_space`` (``type``: int, float or categorical)."""
@@ -209,6 +119,7 @@ class OptunaSweep:
         # A leading dot names a module beside the app (the script's folder is on sys.path), as upstream's example writes it.
         self.extend: Callable[[DictConfig, Trial], None] | None = get_method(path.lstrip(".")) if path else None
         self.job_idx = 0
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))  # a relative one is under the launching directory, as Hydra's
 
     def search_arguments(self, arguments: list[str]) -> list[str]:
         """``hydra.sweeper.params`` (or the deprecated ``search_space``) followed by the command line's overrides."""
@@ -222,6 +133,8 @@ class OptunaSweep:
         return [f"{key}={value}" for key, value in (params or {}).items()] + list(arguments)
 
     def run(self, arguments: list[str]) -> None:
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")  # the sweep's config, as Hydra's basic sweeper keeps it
         distributions, fixed = params_from_overrides(self.search_arguments(arguments))
         if self.settings.params is None and self.settings.search_space:
             for name, entry in self.settings.search_space.items():
@@ -301,6 +214,4 @@ class OptunaSweep:
             log.info(f"Number of Pareto solutions: {len(front)}")
             for t in front:
                 log.info(f"    Values: {t.values}, Params: {t.params}")
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+        OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")

@@ -9,25 +9,31 @@ that plugin: ``tpe``, ``random``, ``grid``, ``cmaes``, ``nsgaii``, ``qmc``, ``gp
 which fails with upstream's message: Optuna removed it).
 """
 
-from typing import Any
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from ghm.sweep.config import RandomSamplerConf, SweeperConf, TPESamplerConf
-from ghm.sweep.engine import Sweep
-from ghm.sweep.optuna_sweeper import (
+from ghm.sweep.config import (
     CmaEsSamplerConf,
     GPSamplerConf,
     GridSamplerConf,
     MOTPESamplerConf,
     NSGAIISamplerConf,
-    OptunaSweep,
     OptunaSweeperConf,
     QMCSamplerConf,
+    RandomSamplerConf,
+    SweeperConf,
+    TPESamplerConf,
 )
+
+if TYPE_CHECKING:  # the engines import MLflow, Ray and Optuna: only a sweep pays for them, not every start of an app
+    from ghm.sweep.engine import Sweep
+    from ghm.sweep.optuna_sweeper import OptunaSweep
 
 
 class GHMSweeper(Sweeper):
@@ -38,6 +44,8 @@ class GHMSweeper(Sweeper):
         self.sweep_engine: Sweep | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from ghm.sweep.engine import Sweep
+
         settings: SweeperConf = OmegaConf.to_object(config.hydra.sweeper)
         self.sweep_engine = Sweep(settings, hydra_context, task_function, config)
 
@@ -55,6 +63,8 @@ class OptunaSweeper(Sweeper):
         self.optuna_sweep: OptunaSweep | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from ghm.sweep.optuna_sweeper import OptunaSweep
+
         settings: OptunaSweeperConf = OmegaConf.to_object(config.hydra.sweeper)
         self.optuna_sweep = OptunaSweep(settings, self.sampler, hydra_context, task_function, config)
 
