@@ -134,7 +134,7 @@ class RaySettings:
     address: str | None = None  # a running cluster ("ray://host:10001" or "host:6379"); default: RAY_ADDRESS, else local
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0  # fractions share a GPU between trials
-    storage_path: str | None = None  # Ray Tune results and checkpoints (a shared path on clusters); default: ray_results/
+    storage_path: str | None = None  # Ray Tune's experiments (a shared path on clusters); default: the user's cache (engine.state_dir)
     max_retries: int = 2  # a trial whose worker died is retried from its last checkpoint
 
 
@@ -160,7 +160,7 @@ class SweeperConf:
     search: str = "auto"  # auto | grid | optuna (auto: optuna when params sweep anything, else a grid)
     sampler: Any = MISSING
     direction: str = "maximize"
-    storage: str | None = None  # Optuna RDB URL; default: OPTUNA_STORAGE, else sqlite optuna.db in the launching directory
+    storage: str | None = None  # Optuna RDB URL; default: OPTUNA_STORAGE, else a SQLite file in the user's cache (engine.state_dir)
     study_name: str | None = None  # default: derived from the sweep's definition (same command, same study)
     n_trials: int = 20
     n_jobs: int = 2

@@ -53,6 +53,10 @@ class ParentRun:
     def tracking_uri(self) -> str:
         return self.client.tracking_uri
 
+    def exists(self, name: str) -> bool:
+        """Whether a sweep named ``name`` has a parent run in the experiment."""
+        return bool(self.client.search_runs([self.experiment_id], filter_string=f"tags.sweep_parent = '{name}'", max_results=1))
+
     def start(self, name: str, search: str, params: dict[str, Any], resume: bool) -> str:
         """Create the run named after the sweep, or continue the one a resumed sweep left."""
         existing = self.client.search_runs([self.experiment_id], filter_string=f"tags.sweep_parent = '{name}'", max_results=1)

@@ -46,15 +46,27 @@ class TaskJob:
     config: DictConfig  # the sweep's config
     singleton_state: Any  # Hydra's global state (config store, plugins), as Hydra's own Ray launcher passes it
     fixed: tuple[str, ...]  # the overrides every trial gets
+    sweep_dir: str  # hydra.sweep.dir resolved in the driver: the jobs' folders are <sweep_dir>/<number> on every node
+    environment: dict[str, str]  # the driver's tracking URI and study storage, which every trial uses
 
     def launch(self, number: int, params: dict[str, Any], environment: dict[str, str]) -> JobReturn:
-        """Run the job ``number`` with the swept values ``params`` through Hydra's configured launcher."""
-        with _in_launch_dir(self.config.hydra.runtime.cwd), env_override(environment):
+        """Run the job ``number`` with the swept values ``params`` through Hydra's configured launcher.
+
+        The sweep folder is given resolved (a relative one means the launching directory, which a
+        cluster node may not have), and so are the driver's tracking URI and study storage: a node's
+        own environment does not decide where a trial's records go.
+        """
+        with _in_launch_dir(self.config.hydra.runtime.cwd), env_override({**self.environment, **environment}):
             Singleton.set_state(self.singleton_state)
             launcher = Plugins.instance().instantiate_launcher(hydra_context=self.hydra_context, task_function=self.task_function,
                                                                config=self.config)
-            overrides = [*self.fixed, *(f"{k}={v}" for k, v in params.items())]
+            overrides = [*self.fixed, *(f"{k}={v}" for k, v in params.items()), f"hydra.sweep.dir={quoted(self.sweep_dir)}"]
             return launcher.launch([overrides], initial_job_idx=number)[0]
+
+
+def quoted(value: str) -> str:
+    """``value`` as a quoted string of Hydra's override grammar (paths may hold ``=``, spaces, commas)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 @dataclass
