@@ -136,6 +136,7 @@ class RaySettings:
     gpus_per_trial: float = 0.0  # fractions share a GPU between trials
     storage_path: str | None = None  # Ray Tune's experiments (a shared path on clusters); default: the user's cache (engine.state_dir)
     max_retries: int = 2  # a trial whose worker died is retried from its last checkpoint
+    verbose: int = 0  # Ray Tune's own console output (1: its status tables, 2: every result); 0: Hydra-style lines only
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The sweep's MLflow parent run: its definition, its trials' runs nested under it, the comparison and the record.
 
-Trials nest their runs under it through MLflow's ``MLFLOW_RUN_CONTEXT`` (:func:`trial_tags`); at
+Trials nest their runs under it through MLflow's ``MLFLOW_RUN_CONTEXT`` (:func:`ghm.sweep.task.trial_tags`); at
 the end it gets each trial's state as a tag on the trial's run, the trial counts and the paired
 differences as metrics, ``comparison.txt``, ``sweep.json`` (the :class:`~ghm.comparison.record.SweepRecord`)
 and ``dashboard.html``. A resumed sweep continues its parent run.
@@ -17,15 +17,6 @@ from mlflow.tracking import MlflowClient
 from ghm.comparison.record import FAILED, FINISHED, PRUNED, REUSED, STATES, SweepRecord, TrialRecord
 from ghm.sweep.config import TrackingSettings
 from ghm.tracking.store import default_tracking_uri, experiment_id, tracking_client
-
-
-def trial_tags(sweep: str, number: int, params: dict[str, Any], parent_run_id: str | None) -> dict[str, str]:
-    """The tags of a trial's MLflow run: its sweep, number and swept values, named after what it tries in MLflow's UI."""
-    tags = {"sweep": sweep, "trial": str(number), **{f"param.{k}": str(v) for k, v in params.items()},
-            "mlflow.runName": f"{number}: " + (" ".join(f"{k}={v}" for k, v in params.items()) or "trial")}
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
-    return tags
 
 
 def metric_slug(setting: str) -> str:

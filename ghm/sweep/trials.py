@@ -30,9 +30,8 @@ from omegaconf import DictConfig
 
 from ghm.comparison.record import FAILED, FINISHED, PRUNED
 from ghm.sweep.config import PrunerSettings, RaySettings
-from ghm.sweep.parent_run import trial_tags
 from ghm.sweep.search import Search, TrialResult
-from ghm.sweep.task import TRIAL_ENV
+from ghm.sweep.task import TRIAL_ENV, trial_tags
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +124,63 @@ def run_trials(experiment: str, spec: TrialSpec, *, mode: str, n_jobs: int, ray:
                      if pruner.enabled and spec.search.prunable else FIFOScheduler())
         tune_config = tune.TuneConfig(metric=spec.metric, mode=mode, scheduler=scheduler, search_alg=plan.search_alg,
                                       num_samples=plan.num_samples, max_concurrent_trials=n_jobs, reuse_actors=True)
-        run_config = tune.RunConfig(name=experiment, storage_path=str(storage), verbose=1,
+        run_config = tune.RunConfig(name=experiment, storage_path=str(storage), verbose=ray.verbose, callbacks=[hydra_console(spec, mode)],
                                     failure_config=tune.FailureConfig(max_failures=ray.max_retries))
         tuner = tune.Tuner(trainable, param_space=plan.param_space, tune_config=tune_config, run_config=run_config)
-    return sorted((_result(spec, result) for result in tuner.fit()), key=lambda r: r.number)
+    # verbose 0: Tune prints nothing, not even its start-up box (its newer console does); the failure value's
+    # -inf is no reason for TensorBoard's writer to warn on every failed trial.
+    logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
+    with env_override({"RAY_AIR_NEW_OUTPUT": "0"} if ray.verbose == 0 else {}):
+        results = tuner.fit()
+    return sorted((_result(spec, result) for result in results), key=lambda r: r.number)
+
+
+def hydra_console(spec: TrialSpec, mode: str) -> Any:
+    """A Tune callback that shows the sweep as Hydra's sweepers do (Ray Tune's own tables: ``hydra.sweeper.ray.verbose``).
+
+    ``#3 : loss=ghm seed=1`` when a trial starts, ``#3 : loss=ghm seed=1 -> mAP=0.41 (finished)`` when it
+    ends, then one line of progress: finished / running / pruned / failed, and the best so far.
+    """
+    from ray.tune import Callback
+
+    class HydraConsole(Callback):
+        def __init__(self) -> None:
+            self.states: dict[int, str] = {}
+            self.best: tuple[float, int] | None = None
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            number, params = spec.search.trial(trial.config)
+            log.info("#%d : %s", number, _overrides(params))
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            number, params = spec.search.trial(trial.config)
+            result = trial.last_result or {}
+            state = result.get("trial_state") if result.get("trial_state") in (FINISHED, FAILED) else PRUNED
+            value = result.get(spec.metric)
+            self.states[number] = state
+            if state == FINISHED and value is not None and (self.best is None or (value > self.best[0]) == (mode == "max")):
+                self.best = (value, number)
+            outcome = f"{spec.metric}={value:.6g}" if state != FAILED and value is not None else result.get("error", "")
+            log.info("#%d : %s -> %s (%s)", number, _overrides(params), outcome, state)
+            self._progress(trials, trial)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            number, params = spec.search.trial(trial.config)
+            self.states[number] = FAILED
+            log.info("#%d : %s -> its worker died more often than retried (failed)", number, _overrides(params))
+            self._progress(trials, trial)
+
+        def _progress(self, trials: list, ended: Any) -> None:
+            running = sum(t.status == "RUNNING" and t is not ended for t in trials)
+            counts = ", ".join(f"{sum(s == state for s in self.states.values())} {state}" for state in (FINISHED, PRUNED, FAILED))
+            best = f"; best {spec.metric}={self.best[0]:.6g} (#{self.best[1]})" if self.best else ""
+            log.info("progress: %s, %d running%s", counts, running, best)
+
+    return HydraConsole()
+
+
+def _overrides(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items())
 
 
 def _result(spec: TrialSpec, result: Any) -> TrialResult:
