@@ -18,6 +18,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.test_utils.test_utils import TSweepRunner
 from hydra.utils import instantiate
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from tests.conftest import ROOT
@@ -96,9 +97,18 @@ def test_multi_objective_example(with_commandline: bool, tmp_path: Path) -> None
         assert not any(dominates(list(o["values"]), list(s["values"])) for o in solutions)  # a Pareto front
 
 
-def test_multi_objective_with_nsgaii_its_config_default(tmp_path: Path) -> None:
-    run_app(["multi-objective.py", "--multirun", f"hydra.sweep.dir={tmp_path}", "hydra.sweeper.n_trials=6"])
-    assert results(tmp_path).solutions
+@pytest.mark.slow  # a fresh MLflow store: about 25 s
+def test_multi_objective_with_nsgaii_its_pareto_front_on_an_mlflow_parent_run(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_app(["multi-objective.py", "--multirun", f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.sweeper.n_trials=6",
+             "hydra.sweeper.mlflow.experiment_name=mo", f"hydra.sweeper.mlflow.tracking_uri={uri}"])
+    solutions = OmegaConf.to_container(results(tmp_path / "sweep").solutions)
+    client = MlflowClient(uri)
+    (parent,) = client.search_runs([client.get_experiment_by_name("mo").experiment_id])
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep_parent"] == "multi-objective"
+    assert parent.data.metrics["pareto_solutions"] == len(solutions)
+    logged = OmegaConf.load(client.download_artifacts(parent.info.run_id, "optimization_results.yaml", str(tmp_path)))
+    assert OmegaConf.to_container(logged.solutions) == solutions
 
 
 def test_custom_search_space_example(tmp_path: Path) -> None:

@@ -112,24 +112,6 @@ class QMCSamplerConf:
 
 
 @dataclass
-class OptunaSweeperConf:
-    """hydra-optuna-sweeper's ``OptunaSweeperConf``: the same keys and defaults."""
-
-    _target_: str = "hydra_plugins.ghm_sweeper.ghm_sweeper.OptunaSweeper"
-    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
-    sampler: Any = MISSING
-    direction: Any = "minimize"  # or a list of directions: a multi-objective study
-    storage: Any | None = None  # null: an in-memory study
-    study_name: str | None = None
-    n_trials: int = 20
-    n_jobs: int = 2  # the trials of one batch, launched together through hydra/launcher
-    max_failure_rate: float = 0.0  # per batch; exceeded: the sweep stops with the task's exception
-    search_space: dict[str, Any] | None = None  # deprecated upstream: hydra.sweeper.params
-    params: dict[str, str] | None = None
-    custom_search_space: str | None = None  # "module.function"(config, trial): suggests more parameters per trial
-
-
-@dataclass
 class RaySettings:
     address: str | None = None  # a running cluster ("ray://host:10001" or "host:6379"); default: RAY_ADDRESS, else local
     cpus_per_trial: float = 1.0
@@ -152,6 +134,25 @@ class TrackingSettings:
 
     experiment_name: str | None = None
     tracking_uri: str | None = None  # null: MLFLOW_TRACKING_URI, else mlflow.db in the launching directory
+
+
+@dataclass
+class OptunaSweeperConf:
+    """hydra-optuna-sweeper's ``OptunaSweeperConf``: the same keys and defaults."""
+
+    _target_: str = "hydra_plugins.ghm_sweeper.ghm_sweeper.OptunaSweeper"
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
+    sampler: Any = MISSING
+    direction: Any = "minimize"  # or a list of directions: a multi-objective study
+    storage: Any | None = None  # null: an in-memory study
+    study_name: str | None = None
+    n_trials: int = 20
+    n_jobs: int = 2  # the trials of one batch, launched together through hydra/launcher
+    max_failure_rate: float = 0.0  # per batch; exceeded: the sweep stops with the task's exception
+    search_space: dict[str, Any] | None = None  # deprecated upstream: hydra.sweeper.params
+    params: dict[str, str] | None = None
+    custom_search_space: str | None = None  # "module.function"(config, trial): suggests more parameters per trial
+    mlflow: TrackingSettings = field(default_factory=TrackingSettings)  # beyond upstream: a parent run with the results
 
 
 @dataclass

@@ -7,8 +7,9 @@ so the jobs' folders are ``<hydra.sweep.dir>/<job number>`` as with Hydra's basi
 told; a persisted study gets ``n_trials`` more trials; a batch whose failure rate exceeds
 ``max_failure_rate`` stops the sweep with the task's own exception. The sweep ends with
 ``optimization_results.yaml`` in the sweep folder and the "Best parameters / Best value" lines (a
-Pareto front for several directions). No Ray, no pruning and no baselines here: those are the
-project's own sweeper's (``hydra/sweeper: ghm``).
+Pareto front for several directions). Beyond upstream, ``hydra.sweeper.mlflow.experiment_name``
+gives the sweep an MLflow parent run holding those results. No Ray, no pruning and no baselines
+here: those are the project's own sweeper's (``hydra/sweeper: ghm``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import Trial, TrialState
 
 from ghm.sweep.config import OptunaSweeperConf
+from ghm.sweep.parent_run import ParentRun
 from ghm.sweep.space import to_distribution
 
 log = logging.getLogger(__name__)
@@ -155,16 +157,28 @@ class OptunaSweep:
         log.info(f"Storage: {self.settings.storage}")
         log.info(f"Sampler: {type(sampler).__name__}")
         log.info(f"Directions: {self.directions}")
-        to_go = n_trials
-        while to_go > 0:
-            batch = min(to_go, self.settings.n_jobs)
-            trials = [study.ask() for _ in range(batch)]
-            overrides = [self._configure(trial, distributions, fixed) for trial in trials]
-            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
-            self._tell(study, trials, returns, is_grid)
-            self.job_idx += len(returns)
-            to_go -= batch
-        self._save(study)
+        parent = ParentRun.of(self.settings.mlflow, Path(self.config.hydra.runtime.cwd))
+        if parent:
+            parent.start(study.study_name, "optuna", {"directions": self.directions, "sampler": type(sampler).__name__,
+                                                      "n_trials": n_trials, "n_jobs": self.settings.n_jobs}, resume=False)
+        try:
+            to_go = n_trials
+            while to_go > 0:
+                batch = min(to_go, self.settings.n_jobs)
+                trials = [study.ask() for _ in range(batch)]
+                overrides = [self._configure(trial, distributions, fixed) for trial in trials]
+                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+                self._tell(study, trials, returns, is_grid)
+                self.job_idx += len(returns)
+                to_go -= batch
+            results = self._save(study)
+        except BaseException as err:
+            if parent:
+                parent.fail(err)
+            raise
+        if parent:
+            parent.log_optimization_results(results)
+            parent.end()
 
     def _configure(self, trial: Trial, distributions: dict[str, BaseDistribution], fixed: dict[str, Any]) -> tuple[str, ...]:
         """A trial's overrides: its suggested values, those of ``custom_search_space``, and the fixed ones."""
@@ -201,7 +215,7 @@ class OptunaSweep:
             for result in returns:
                 result.return_value  # noqa: B018 - raises the task's exception with its traceback
 
-    def _save(self, study: optuna.Study) -> None:
+    def _save(self, study: optuna.Study) -> dict[str, Any]:
         """``optimization_results.yaml`` in the sweep folder and the log lines, as upstream writes them."""
         if len(self.directions) < 2:
             best = study.best_trial
@@ -215,3 +229,4 @@ class OptunaSweep:
             for t in front:
                 log.info(f"    Values: {t.values}, Params: {t.params}")
         OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
+        return results

@@ -100,6 +100,14 @@ class ParentRun:
         self.client.log_text(self.run_id, table, "comparison.txt")
         self.client.log_dict(self.run_id, record.to_json(), "sweep.json")
 
+    def log_optimization_results(self, results: dict[str, Any]) -> None:
+        """hydra-optuna-sweeper's results: the best value (or the Pareto front's size) as metrics, the file as an artifact."""
+        if "best_value" in results:
+            self.client.log_metric(self.run_id, "best_value", float(results["best_value"]))
+        else:
+            self.client.log_metric(self.run_id, "pareto_solutions", len(results["solutions"]))
+        self.client.log_dict(self.run_id, results, "optimization_results.yaml")
+
     def log_dashboard(self, path: Path) -> None:
         self.client.log_artifact(self.run_id, str(path))
 

@@ -97,7 +97,7 @@ def run_trial(tune_config: dict[str, Any], spec: TrialSpec) -> None:
         final = {spec.metric: float(result.return_value), "trial_state": FINISHED}
     else:  # the task raised: a failed trial, not a worker death, so not retried
         error = result._return_value  # JobReturn.return_value re-raises; the exception itself is the record
-        log.error("trial %d failed: %s: %s", number, type(error).__name__, error)
+        log.error("trial %d failed: %s: %s", number, type(error).__name__, error, exc_info=error)  # with the task's traceback
         final = {spec.metric: spec.failure_value, "trial_state": FAILED, "error": f"{type(error).__name__}: {error}"}
     record.parent.mkdir(parents=True, exist_ok=True)
     partial = record.with_suffix(".partial")
