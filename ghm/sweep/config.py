@@ -185,7 +185,12 @@ class SweeperConf:
         if self.search not in ("auto", "grid", "optuna"):
             raise ValueError(f"hydra.sweeper.search must be auto, grid or optuna, got {self.search!r}")
         if self.direction not in ("maximize", "minimize"):
-            raise ValueError(f"hydra.sweeper.direction must be maximize or minimize, got {self.direction!r}")
+            raise ValueError(f"hydra.sweeper.direction must be maximize or minimize, got {self.direction!r} "
+                             "(several directions: hydra/sweeper=optuna)")
+        target = self.sampler.get("_target_") if isinstance(self.sampler, dict) else getattr(self.sampler, "_target_", None)
+        if target == "optuna.samplers.GridSampler":
+            raise ValueError("hydra/sweeper/sampler=grid is hydra/sweeper=optuna's; under hydra/sweeper=ghm command-line lists "
+                             "(a=1,2 b=3,4) are the grid")
         if self.n_jobs < 1 or self.n_trials < 1:
             raise ValueError("hydra.sweeper.n_jobs and hydra.sweeper.n_trials must be >= 1")
         if self.reuse not in ("baselines", "finished"):

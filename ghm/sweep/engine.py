@@ -101,6 +101,8 @@ class Sweep:
                                          self.tune_storage(), explicit=bool(self.settings.study_name), resume=self.settings.resume,
                                          taken=lambda candidate: self._taken(candidate, storage, parent))
         name = identity.name
+        if storage is not None:
+            log.info("study %s in %s (optuna-dashboard %s shows it live)", name, storage, storage)
         if parent:
             parent.start(name, kind, self._definition(space, kind, name), identity.resuming)
         try:
