@@ -16,11 +16,16 @@ from typing import Any
 import optuna
 import pytest
 from hydra import compose, initialize_config_module
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
 from hydra.test_utils.test_utils import TSweepRunner
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.hydra_optuna_sweeper import _impl
+from hydra_plugins.hydra_optuna_sweeper.config import Direction
+from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from tests.conftest import ROOT
 
 APPS = ROOT / "tests" / "apps"
@@ -199,3 +204,22 @@ def test_sweep_returns_none(hydra_sweep_runner: TSweepRunner) -> None:
                                           "hydra.sweeper.n_jobs=3"])
     with sweep:
         assert sweep.returns is None
+
+
+@pytest.mark.parametrize(("arguments", "expected"), [
+    (["key=choice(1,2)"], ({"key": optuna.distributions.CategoricalDistribution([1, 2])}, {})),
+    (["key=5"], ({}, {"key": "5"})),
+    (["key1=choice(1,2)", "key2=5", "key3=range(1,3)"],
+     ({"key1": optuna.distributions.CategoricalDistribution([1, 2]), "key3": optuna.distributions.IntDistribution(1, 3)},
+      {"key2": "5"})),
+    (["key=range(0.5, 5.5, step=1)"], ({"key": optuna.distributions.FloatDistribution(0.5, 5.5, step=1)}, {})),
+    (["key=tag(log, int(interval(1, 5)))"], ({"key": optuna.distributions.IntDistribution(1, 5, log=True)}, {})),
+])
+def test_upstreams_module_paths_and_helpers(arguments: list[str], expected: tuple) -> None:
+    assert _impl.create_params_from_overrides(arguments) == expected
+    assert OptunaSweeper.__name__ in [x.__name__ for x in Plugins.instance().discover(Sweeper)]
+    sweeper = _impl.OptunaSweeperImpl(sampler=optuna.samplers.RandomSampler(), direction=Direction.minimize, storage=None,
+                                      study_name="test", n_trials=1, n_jobs=1, max_failure_rate=0.0, custom_search_space=None,
+                                      search_space=OmegaConf.create({}), params=None)
+    with pytest.warns(UserWarning, match="`hydra.sweeper.search_space` is deprecated"):
+        sweeper._process_searchspace_config()

@@ -101,6 +101,12 @@ def test_grid_sweep_trains_pairs_with_the_baseline_and_reuses_it(tmp_path: Path)
     assert parent2.data.metrics["trials_reused"] == 2 and parent2.data.metrics["trials_finished"] == 2
     assert "loss=ghmc_sl1" in second.stdout
 
+    # The first command again: that sweep finished, so this is a new one (its baselines reused), not its old results.
+    third = run(["launch.py", "-m", "loss=focal,ghm", "seed=0,1", *common, *places(tmp_path, "grid3")], ROOT)
+    assert f"sweep {parent.info.run_name} already ran: this is a new sweep, {parent.info.run_name}-2" in third.stdout + third.stderr
+    parent3 = client.search_runs([experiment], filter_string=f"tags.sweep_parent = '{parent.info.run_name}-2'")[0]
+    assert parent3.data.metrics["trials_reused"] == 2 and parent3.data.metrics["trials_finished"] == 2
+
 
 def test_search_then_confirm_the_best_setting_against_the_baseline_on_fresh_seeds(tmp_path: Path) -> None:
     result = run(["curves.py", "--config-name", "curves_search", "-m", "hydra.sweeper.study_name=confirm", "hydra.sweeper.n_trials=4",

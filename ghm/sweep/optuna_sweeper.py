@@ -104,6 +104,16 @@ def objective_values(value: Any, directions: list[str]) -> list[float]:
     return values
 
 
+def warn_search_space(params: Any, search_space: Any) -> None:
+    """Upstream's warnings: ``search_space`` is deprecated, and ignored beside ``params``."""
+    if search_space is not None and params is not None:
+        warnings.warn("Both hydra.sweeper.params and hydra.sweeper.search_space are configured.\n"
+                      "Hydra will use hydra.sweeper.params for defining search space.", stacklevel=3)
+    elif search_space is not None:
+        warnings.warn("`hydra.sweeper.search_space` is deprecated and will be removed in the next major release. "
+                      "Please configure with `hydra.sweeper.params`.", stacklevel=3)
+
+
 class OptunaSweep:
     """One sweep with hydra-optuna-sweeper's semantics; :meth:`run` runs it and writes its results."""
 
@@ -125,14 +135,8 @@ class OptunaSweep:
 
     def search_arguments(self, arguments: list[str]) -> list[str]:
         """``hydra.sweeper.params`` (or the deprecated ``search_space``) followed by the command line's overrides."""
-        params, search_space = self.settings.params, self.settings.search_space
-        if search_space is not None and params is not None:
-            warnings.warn("Both hydra.sweeper.params and hydra.sweeper.search_space are configured.\n"
-                          "Hydra will use hydra.sweeper.params for defining search space.", stacklevel=2)
-        elif search_space is not None:
-            warnings.warn("`hydra.sweeper.search_space` is deprecated and will be removed in the next major release. "
-                          "Please configure with `hydra.sweeper.params`.", stacklevel=2)
-        return [f"{key}={value}" for key, value in (params or {}).items()] + list(arguments)
+        warn_search_space(self.settings.params, self.settings.search_space)
+        return [f"{key}={value}" for key, value in (self.settings.params or {}).items()] + list(arguments)
 
     def run(self, arguments: list[str]) -> None:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
