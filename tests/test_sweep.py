@@ -53,6 +53,12 @@ def test_too_many_failures_fail_the_sweep(tmp_path: Path) -> None:
                              *places(tmp_path, "fail")], cwd=APPS, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
     assert "1 of 2 trials failed, above hydra.sweeper.max_failure_rate=0.0" in result.stderr
+    # The console speaks Hydra: each trial by its overrides, its result, the progress; the task's traceback; no Ray Tune tables.
+    output = result.stdout + result.stderr
+    assert "#0 : x=0.5\n" in output and "#1 : x=0.9 -> ValueError: x=0.9 is above 0.85 (failed)" in output
+    progress = [line for line in output.splitlines() if "progress: " in line]
+    assert progress[-1].endswith("progress: 1 finished, 0 pruned, 1 failed, 0 running; best objective=0.5 (#0)")
+    assert 'raise ValueError(f"x={cfg.x} is above {cfg.fail_above}")' in output and "Trial status" not in output
 
 
 def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path: Path) -> None:
