@@ -34,7 +34,6 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import Trial, TrialState
 
 from ghm.sweep.config import OptunaSweeperConf
-from ghm.sweep.parent_run import ParentRun
 from ghm.sweep.space import to_distribution
 
 log = logging.getLogger(__name__)
@@ -161,7 +160,11 @@ class OptunaSweep:
         log.info(f"Storage: {self.settings.storage}")
         log.info(f"Sampler: {type(sampler).__name__}")
         log.info(f"Directions: {self.directions}")
-        parent = ParentRun.of(self.settings.mlflow, Path(self.config.hydra.runtime.cwd))
+        parent = None
+        if self.settings.mlflow.experiment_name:  # MLflow's import costs seconds: only a sweep that records pays it
+            from ghm.sweep.parent_run import ParentRun
+
+            parent = ParentRun.of(self.settings.mlflow, Path(self.config.hydra.runtime.cwd))
         if parent:
             parent.start(study.study_name, "optuna", {"directions": self.directions, "sampler": type(sampler).__name__,
                                                       "n_trials": n_trials, "n_jobs": self.settings.n_jobs}, resume=False)
