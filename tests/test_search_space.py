@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from ghm.sweep.config import SweeperConf
 from ghm.sweep.space import parse_search_space
 
 
@@ -47,3 +48,10 @@ def test_hydra_optuna_sweeper_mapping() -> None:
     assert d["lr"] == FloatDistribution(0.001, 0.1, log=True)
     assert d["n"] == IntDistribution(1, 10, step=3)
     assert d["m"] == FloatDistribution(0.1, 0.9)
+
+
+def test_the_ghm_sweeper_refuses_what_is_hydra_optuna_sweepers_alone() -> None:
+    with pytest.raises(ValueError, match=r"command-line lists .* are the grid"):
+        SweeperConf(sampler={"_target_": "optuna.samplers.GridSampler", "_partial_": True}).check()
+    with pytest.raises(ValueError, match=r"several directions: hydra/sweeper=optuna"):
+        SweeperConf(sampler={}, direction=["minimize", "minimize"]).check()

@@ -31,18 +31,6 @@ def places(tmp_path: Path, name: str) -> list[str]:
             f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}"]
 
 
-def test_an_app_written_for_hydra_optuna_sweeper_runs_unchanged(tmp_path: Path) -> None:
-    # sphere.py / sphere.yaml are the plugin's documented example, selecting `hydra/sweeper: optuna`.
-    run(["sphere.py", "-m", "hydra.sweeper.n_trials=5", *places(tmp_path, "sphere")], APPS)
-    study = optuna.load_study(study_name="sphere", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    assert study.direction == optuna.study.StudyDirection.MINIMIZE
-    trials = study.trials
-    assert len(trials) == 5 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    for t in trials:
-        assert t.value == t.params["x"] ** 2 + t.params["y"] ** 2
-        assert t.params["x"] in [-5.5 + 0.5 * i for i in range(23)] and t.params["y"] in (-5, 0, 5)
-
-
 def test_optuna_search_prunes_and_records_failed_trials(tmp_path: Path) -> None:
     log = tmp_path / "executions.txt"
     result = run(["curves.py", "--config-name", "curves_search", "-m", "hydra.sweeper.study_name=curves",
@@ -65,6 +53,12 @@ def test_too_many_failures_fail_the_sweep(tmp_path: Path) -> None:
                              *places(tmp_path, "fail")], cwd=APPS, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
     assert "1 of 2 trials failed, above hydra.sweeper.max_failure_rate=0.0" in result.stderr
+    # The console speaks Hydra: each trial by its overrides, its result, the progress; the task's traceback; no Ray Tune tables.
+    output = result.stdout + result.stderr
+    assert "#0 : x=0.5\n" in output and "#1 : x=0.9 -> ValueError: x=0.9 is above 0.85 (failed)" in output
+    progress = [line for line in output.splitlines() if "progress: " in line]
+    assert progress[-1].endswith("progress: 1 finished, 0 pruned, 1 failed, 0 running; best objective=0.5 (#0)")
+    assert 'raise ValueError(f"x={cfg.x} is above {cfg.fail_above}")' in output and "Trial status" not in output
 
 
 def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path: Path) -> None:
@@ -112,6 +106,12 @@ def test_grid_sweep_trains_pairs_with_the_baseline_and_reuses_it(tmp_path: Path)
     parent2 = client.search_runs([experiment], filter_string="tags.search = 'grid'", order_by=["attributes.start_time DESC"])[0]
     assert parent2.data.metrics["trials_reused"] == 2 and parent2.data.metrics["trials_finished"] == 2
     assert "loss=ghmc_sl1" in second.stdout
+
+    # The first command again: that sweep finished, so this is a new one (its baselines reused), not its old results.
+    third = run(["launch.py", "-m", "loss=focal,ghm", "seed=0,1", *common, *places(tmp_path, "grid3")], ROOT)
+    assert f"sweep {parent.info.run_name} already ran: this is a new sweep, {parent.info.run_name}-2" in third.stdout + third.stderr
+    parent3 = client.search_runs([experiment], filter_string=f"tags.sweep_parent = '{parent.info.run_name}-2'")[0]
+    assert parent3.data.metrics["trials_reused"] == 2 and parent3.data.metrics["trials_finished"] == 2
 
 
 def test_search_then_confirm_the_best_setting_against_the_baseline_on_fresh_seeds(tmp_path: Path) -> None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ghm.comparison.pairing import Pairing
-from ghm.comparison.statistics import PairedComparison
+
+if TYPE_CHECKING:  # SciPy's import costs each Ray worker seconds; only reading a record needs the class
+    from ghm.comparison.statistics import PairedComparison
 
 VERSION = 2
 FINISHED, PRUNED, FAILED, REUSED = "finished", "pruned", "failed", "reused"
@@ -59,6 +61,8 @@ class SweepRecord:
         version = document.get("version", 1)
         if version > VERSION:
             raise ValueError(f"sweep.json version {version} is newer than this reader's ({VERSION}): update the project")
+        from ghm.comparison.statistics import PairedComparison
+
         trials = [TrialRecord(**t) for t in document["trials"]]
         comparisons = [PairedComparison(**{**c, "seeds": tuple(c["seeds"]), "differences": tuple(c["differences"])})
                        for c in document["comparisons"]]

@@ -1,9 +1,9 @@
 """The sweeper's settings (``hydra.sweeper``), typed: Hydra's ConfigStore holds them, so a typo fails at compose.
 
-``hydra_plugins/ghm_sweeper`` registers :class:`SweeperConf` as ``hydra/sweeper: ghm`` and as
-``hydra/sweeper: optuna`` (with hydra-optuna-sweeper's keys: ``sampler``, ``direction``,
-``storage``, ``study_name``, ``n_trials``, ``n_jobs``, ``params``, ``max_failure_rate``) and the
-samplers under ``hydra/sweeper/sampler``. The engine knows the task only through these settings:
+``hydra_plugins/ghm_sweeper`` registers :class:`SweeperConf` as ``hydra/sweeper: ghm``, which takes
+hydra-optuna-sweeper's keys too (``sampler``, ``direction``, ``storage``, ``study_name``,
+``n_trials``, ``n_jobs``, ``params``, ``max_failure_rate``), and the samplers under
+``hydra/sweeper/sampler``. The engine knows the task only through these settings:
 what it returns and reports (``metric``, ``max_epochs``), how its runs pair (``baseline``,
 ``pair_by``, ``pair_ignore``) and where the sweep's MLflow parent run goes (``mlflow``), which the
 task's config declares (``conf/config.yaml``).
@@ -19,9 +19,18 @@ from omegaconf import MISSING
 
 @dataclass
 class TPESamplerConf:
+    """hydra-optuna-sweeper's keys and defaults (null: Optuna's own default)."""
+
     _target_: str = "optuna.samplers.TPESampler"
     seed: int | None = None
+    consider_prior: bool | None = None
+    prior_weight: float | None = None
+    consider_magic_clip: bool | None = None
+    consider_endpoints: bool | None = None
     n_startup_trials: int = 10
+    n_ei_candidates: int = 24
+    multivariate: bool = False
+    warn_independent_sampling: bool | None = None
 
 
 @dataclass
@@ -30,13 +39,86 @@ class RandomSamplerConf:
     seed: int | None = None
 
 
+MOTPE_REMOVED = ("The 'motpe' sampler was removed in Optuna 4.0. Use 'hydra/sweeper/sampler=tpe' instead. "
+                 "TPESampler now handles multi-objective optimization.")
+
+
+def motpe_removed(*args: Any, **kwargs: Any) -> None:
+    """``hydra/sweeper/sampler=motpe``: the sampler left Optuna; the error says what replaces it (upstream's words)."""
+    raise ValueError(MOTPE_REMOVED)
+
+
+@dataclass
+class GridSamplerConf:
+    """The grid is the swept parameters' values: the sweeper completes this partial with it."""
+
+    _target_: str = "optuna.samplers.GridSampler"
+    _partial_: bool = True
+    seed: int | None = None
+
+
+@dataclass
+class CmaEsSamplerConf:
+    _target_: str = "optuna.samplers.CmaEsSampler"
+    seed: int | None = None
+    x0: dict[str, Any] | None = None
+    sigma0: float | None = None
+    independent_sampler: Any | None = None
+    warn_independent_sampling: bool = True
+    consider_pruned_trials: bool = False
+    restart_strategy: Any | None = None
+    inc_popsize: int = -1  # upstream: 2 with restart_strategy, which Optuna 4.4+ deprecates; -1 is Optuna's "unused"
+    use_separable_cma: bool = False
+    source_trials: Any | None = None
+
+
+@dataclass
+class NSGAIISamplerConf:
+    _target_: str = "optuna.samplers.NSGAIISampler"
+    seed: int | None = None
+    population_size: int = 50
+    mutation_prob: float | None = None
+    crossover_prob: float = 0.9
+    swapping_prob: float = 0.5
+    constraints_func: Any | None = None
+
+
+@dataclass
+class MOTPESamplerConf:
+    _target_: str = "ghm.sweep.config.motpe_removed"
+    seed: int | None = None  # accepted, so that a config setting it reaches the removal message
+
+
+@dataclass
+class GPSamplerConf:
+    _target_: str = "optuna.samplers.GPSampler"
+    seed: int | None = None
+    independent_sampler: Any | None = None
+    n_startup_trials: int = 10
+    deterministic_objective: bool = False
+    constraints_func: Any | None = None
+    warn_independent_sampling: bool = True
+
+
+@dataclass
+class QMCSamplerConf:
+    _target_: str = "optuna.samplers.QMCSampler"
+    seed: int | None = None
+    qmc_type: str = "sobol"
+    scramble: bool = False
+    independent_sampler: Any | None = None
+    warn_asynchronous_seeding: bool = True
+    warn_independent_sampling: bool = True
+
+
 @dataclass
 class RaySettings:
     address: str | None = None  # a running cluster ("ray://host:10001" or "host:6379"); default: RAY_ADDRESS, else local
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0  # fractions share a GPU between trials
-    storage_path: str | None = None  # Ray Tune results and checkpoints (a shared path on clusters); default: ray_results/
+    storage_path: str | None = None  # Ray Tune's experiments (a shared path on clusters); default: the user's cache (engine.state_dir)
     max_retries: int = 2  # a trial whose worker died is retried from its last checkpoint
+    verbose: int = 0  # Ray Tune's own console output (1: its status tables, 2: every result); 0: Hydra-style lines only
 
 
 @dataclass
@@ -55,13 +137,32 @@ class TrackingSettings:
 
 
 @dataclass
+class OptunaSweeperConf:
+    """hydra-optuna-sweeper's ``OptunaSweeperConf``: the same keys and defaults."""
+
+    _target_: str = "hydra_plugins.ghm_sweeper.ghm_sweeper.OptunaSweeper"
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
+    sampler: Any = MISSING
+    direction: Any = "minimize"  # or a list of directions: a multi-objective study
+    storage: Any | None = None  # null: an in-memory study
+    study_name: str | None = None
+    n_trials: int = 20
+    n_jobs: int = 2  # the trials of one batch, launched together through hydra/launcher
+    max_failure_rate: float = 0.0  # per batch; exceeded: the sweep stops with the task's exception
+    search_space: dict[str, Any] | None = None  # deprecated upstream: hydra.sweeper.params
+    params: dict[str, str] | None = None
+    custom_search_space: str | None = None  # "module.function"(config, trial): suggests more parameters per trial
+    mlflow: TrackingSettings = field(default_factory=TrackingSettings)  # beyond upstream: a parent run with the results
+
+
+@dataclass
 class SweeperConf:
     _target_: str = "hydra_plugins.ghm_sweeper.ghm_sweeper.GHMSweeper"
     defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
     search: str = "auto"  # auto | grid | optuna (auto: optuna when params sweep anything, else a grid)
     sampler: Any = MISSING
     direction: str = "maximize"
-    storage: str | None = None  # Optuna RDB URL; default: OPTUNA_STORAGE, else sqlite optuna.db in the launching directory
+    storage: str | None = None  # Optuna RDB URL; default: OPTUNA_STORAGE, else a SQLite file in the user's cache (engine.state_dir)
     study_name: str | None = None  # default: derived from the sweep's definition (same command, same study)
     n_trials: int = 20
     n_jobs: int = 2
@@ -84,7 +185,12 @@ class SweeperConf:
         if self.search not in ("auto", "grid", "optuna"):
             raise ValueError(f"hydra.sweeper.search must be auto, grid or optuna, got {self.search!r}")
         if self.direction not in ("maximize", "minimize"):
-            raise ValueError(f"hydra.sweeper.direction must be maximize or minimize, got {self.direction!r}")
+            raise ValueError(f"hydra.sweeper.direction must be maximize or minimize, got {self.direction!r} "
+                             "(several directions: hydra/sweeper=optuna)")
+        target = self.sampler.get("_target_") if isinstance(self.sampler, dict) else getattr(self.sampler, "_target_", None)
+        if target == "optuna.samplers.GridSampler":
+            raise ValueError("hydra/sweeper/sampler=grid is hydra/sweeper=optuna's; under hydra/sweeper=ghm command-line lists "
+                             "(a=1,2 b=3,4) are the grid")
         if self.n_jobs < 1 or self.n_trials < 1:
             raise ValueError("hydra.sweeper.n_jobs and hydra.sweeper.n_trials must be >= 1")
         if self.reuse not in ("baselines", "finished"):

@@ -27,11 +27,13 @@ from ghm.comparison.record import SweepRecord, TrialRecord
 from ghm.comparison.settings import best_params, compare_settings, confirmation_points
 from ghm.sweep.baselines import reuse_finished
 from ghm.sweep.config import SweeperConf
+from ghm.sweep.identity import SweepIdentity
 from ghm.sweep.parent_run import ParentRun
 from ghm.sweep.report import check_failures, report
 from ghm.sweep.search import GridSearch, OptunaSearch, Search
 from ghm.sweep.space import SearchSpace, parse_search_space
 from ghm.sweep.trials import TaskJob, TrialSpec, failure_value, ray_session, run_trials
+from ghm.tracking.store import default_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +46,29 @@ def search_kind(settings: SweeperConf, space: SearchSpace) -> str:
     return "optuna" if searched or not space.has_grid else "grid"
 
 
+def state_dir(root_dir: Path) -> Path:
+    """Where sweeps launched from ``root_dir`` keep what resumes them by default (Ray Tune's experiments, the study).
+
+    The user's cache (``$XDG_CACHE_HOME``, else ``~/.cache``), one folder per launching directory:
+    never the project's own folder, and stable across launches, unlike the timestamped sweep folders.
+    """
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "ghm-sweep" / hashlib.sha1(str(root_dir.resolve()).encode()).hexdigest()[:12]
+
+
+def sweep_definition(settings: SweeperConf, space: SearchSpace, kind: str) -> dict[str, Any]:
+    """What makes two sweeps the same question: their space, fixed overrides, search and comparison settings."""
+    return {"fixed": sorted(space.fixed), "sweeps": [o.input_line for o in space.sweeps], "mode": kind,
+            "n_trials": settings.n_trials, "baseline": settings.baseline, "confirm_seeds": settings.confirm_seeds,
+            "metric": settings.metric, "direction": settings.direction, "sampler": str(settings.sampler),
+            "pruning": [settings.pruner.enabled, settings.pruner.grace_period, settings.pruner.reduction_factor]}
+
+
 def sweep_name(settings: SweeperConf, space: SearchSpace, kind: str) -> str:
     """A stable name for this sweep's definition, so the same command finds (and resumes) it."""
     if settings.study_name:
         return settings.study_name
-    definition = {"fixed": sorted(space.fixed), "sweeps": [o.input_line for o in space.sweeps], "mode": kind,
-                  "n_trials": settings.n_trials, "baseline": settings.baseline, "confirm_seeds": settings.confirm_seeds,
-                  "metric": settings.metric, "direction": settings.direction, "sampler": str(settings.sampler),
-                  "pruning": [settings.pruner.enabled, settings.pruner.grace_period, settings.pruner.reduction_factor]}
+    definition = sweep_definition(settings, space, kind)
     return "sweep-" + hashlib.sha1(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -74,21 +91,29 @@ class Sweep:
     def run(self, arguments: list[str]) -> SweepRecord:
         space = parse_search_space(arguments, self.settings.params)
         kind = search_kind(self.settings, space)
-        name = sweep_name(self.settings, space, kind)
-        sweep_dir = self.root_dir / str(self.config.hydra.sweep.dir)
+        sweep_dir = (self.root_dir / str(self.config.hydra.sweep.dir)).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         parent = ParentRun.of(self.settings.mlflow, self.root_dir)
+        storage = self.study_storage() if kind == "optuna" else None
+        identity = SweepIdentity.resolve(sweep_name(self.settings, space, kind),
+                                         {**sweep_definition(self.settings, space, kind), "storage": storage},
+                                         self.tune_storage(), explicit=bool(self.settings.study_name), resume=self.settings.resume,
+                                         taken=lambda candidate: self._taken(candidate, storage, parent))
+        name = identity.name
+        if storage is not None:
+            log.info("study %s in %s (optuna-dashboard %s shows it live)", name, storage, storage)
         if parent:
-            parent.start(name, kind, self._definition(space, kind, name), self.settings.resume)
+            parent.start(name, kind, self._definition(space, kind, name), identity.resuming)
         try:
             with ray_session(self.settings.ray):
-                search = self._search(space, kind, name, parent)
-                trials = self._run(name, search, space.fixed, parent)
+                search = self._search(space, kind, name, parent, storage)
+                trials = self._run(name, search, space.fixed, parent, sweep_dir, identity.resuming)
                 comparisons = compare_settings(trials, self.pairing)
                 if self.settings.confirm_seeds > 0:
-                    confirmed = self._confirm(trials, comparisons, space.fixed, name, parent)
+                    confirmed = self._confirm(trials, comparisons, space.fixed, name, parent, sweep_dir, identity.resuming)
                     trials, comparisons = trials + confirmed, comparisons + compare_settings(confirmed, self.pairing)
+            SweepIdentity.finish(self.tune_storage(), name)
             if parent:
                 parent.attach_runs(trials)
             record = SweepRecord(name=name, search=kind, metric=self.settings.metric, direction=self.settings.direction,
@@ -101,11 +126,40 @@ class Sweep:
         check_failures(record, self.settings.max_failure_rate)
         return record
 
-    def _search(self, space: SearchSpace, kind: str, name: str, parent: ParentRun | None) -> Search:
-        if kind == "optuna":
-            storage = self.settings.storage or os.environ.get("OPTUNA_STORAGE") or f"sqlite:///{self.root_dir.resolve() / 'optuna.db'}"
+    def _search(self, space: SearchSpace, kind: str, name: str, parent: ParentRun | None, storage: str | None) -> Search:
+        if storage is not None:
             return OptunaSearch(space, self.settings.sampler, storage, name, self.settings.n_trials)
         return self._grid(dict(enumerate(space.grid())), space.fixed, parent)
+
+    def study_storage(self) -> str:
+        """The Optuna storage: ``hydra.sweeper.storage``, else ``OPTUNA_STORAGE``, else a SQLite file in :func:`state_dir`."""
+        if self.settings.storage or os.environ.get("OPTUNA_STORAGE"):
+            return self.settings.storage or os.environ["OPTUNA_STORAGE"]
+        path = state_dir(self.root_dir) / "optuna.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path}"
+
+    def tune_storage(self) -> Path:
+        """Ray Tune's experiments: ``hydra.sweeper.ray.storage_path`` (relative: to the launching directory), else :func:`state_dir`."""
+        chosen = self.settings.ray.storage_path
+        return (self.root_dir / chosen if chosen else state_dir(self.root_dir) / "ray_results").resolve()
+
+    @staticmethod
+    def _taken(name: str, storage: str | None, parent: ParentRun | None) -> bool:
+        """Whether a sweep that left no Ray Tune folder here already used ``name`` (its study, its parent run)."""
+        if storage is not None:
+            import optuna
+
+            if name in {s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)}:
+                return True
+        return parent is not None and parent.exists(name)
+
+    def trial_environment(self, search: Search, parent: ParentRun | None) -> dict[str, str]:
+        """What every trial must share with the driver wherever Ray runs it: where runs are tracked and the study lives."""
+        environment = {"MLFLOW_TRACKING_URI": parent.tracking_uri if parent else default_tracking_uri(self.root_dir)}
+        if isinstance(search, OptunaSearch):
+            environment["OPTUNA_STORAGE"] = search.storage
+        return environment
 
     def _grid(self, points: dict[int, dict[str, Any]], fixed: tuple[str, ...], parent: ParentRun | None) -> GridSearch:
         """A grid whose baseline points that already ran are reused, the others to run."""
@@ -118,17 +172,20 @@ class Sweep:
     def _compose(self, overrides: list[str]) -> DictConfig:
         return self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
 
-    def _run(self, experiment: str, search: Search, fixed: tuple[str, ...], parent: ParentRun | None) -> list[TrialRecord]:
+    def _run(self, experiment: str, search: Search, fixed: tuple[str, ...], parent: ParentRun | None,
+             sweep_dir: Path, resume: bool) -> list[TrialRecord]:
         """The search's trials (those reused from MLflow, and those run on Ray Tune now), by number."""
         if not search.runs_any():
             return search.given()
-        storage = (self.root_dir / (self.settings.ray.storage_path or "ray_results")).resolve()
-        spec = TrialSpec(TaskJob(self.hydra_context, self.task_function, self.config, Singleton.get_state(), fixed), search,
+        storage = self.tune_storage()
+        job = TaskJob(self.hydra_context, self.task_function, self.config, Singleton.get_state(), fixed, str(sweep_dir),
+                      self.trial_environment(search, parent))
+        spec = TrialSpec(job, search,
                          self.settings.metric, failure_value(self.mode), str(storage / experiment / "completed"), experiment,
                          parent.run_id if parent else None)
         results = run_trials(experiment, spec, mode=self.mode, n_jobs=self.settings.n_jobs, ray=self.settings.ray,
                              pruner=self.settings.pruner, max_epochs=self.settings.max_epochs, storage=storage,
-                             resume=self.settings.resume)
+                             resume=resume)
         results += search.settle({r.number for r in results})
         ran = [TrialRecord(number=r.number, params=r.params, state=r.state, objective=r.objective,
                            seed=self.pairing.value_of(r.params, fixed, self.config), baseline=self.pairing.is_baseline(r.params),
@@ -136,7 +193,7 @@ class Sweep:
         return sorted(search.given() + ran, key=lambda t: t.number)
 
     def _confirm(self, trials: list[TrialRecord], comparisons: list, fixed: tuple[str, ...], name: str,
-                 parent: ParentRun | None) -> list[TrialRecord]:
+                 parent: ParentRun | None, sweep_dir: Path, resume: bool) -> list[TrialRecord]:
         """The best setting and the baseline on ``confirm_seeds`` fresh seeds, paired: one noisy trial is no evidence."""
         params = best_params(trials, comparisons, self.pairing, self.settings.direction)
         if params is None:
@@ -147,7 +204,7 @@ class Sweep:
         fixed = tuple(line for line in fixed if not line.startswith(f"{self.pairing.pair_by}="))
         log.info("confirming %s against the baseline on %s", self.pairing.setting_label(params), [p[self.pairing.pair_by] for p in points])
         grid = self._grid(dict(enumerate(points, start=first)), fixed, parent)
-        return self._run(f"{name}-confirm", grid, fixed, parent)
+        return self._run(f"{name}-confirm", grid, fixed, parent, sweep_dir, resume)
 
     def _definition(self, space: SearchSpace, kind: str, name: str) -> dict[str, Any]:
         """The parent run's params: how the sweep searches, and over what."""

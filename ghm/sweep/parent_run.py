@@ -1,6 +1,6 @@
 """The sweep's MLflow parent run: its definition, its trials' runs nested under it, the comparison and the record.
 
-Trials nest their runs under it through MLflow's ``MLFLOW_RUN_CONTEXT`` (:func:`trial_tags`); at
+Trials nest their runs under it through MLflow's ``MLFLOW_RUN_CONTEXT`` (:func:`ghm.sweep.task.trial_tags`); at
 the end it gets each trial's state as a tag on the trial's run, the trial counts and the paired
 differences as metrics, ``comparison.txt``, ``sweep.json`` (the :class:`~ghm.comparison.record.SweepRecord`)
 and ``dashboard.html``. A resumed sweep continues its parent run.
@@ -17,15 +17,6 @@ from mlflow.tracking import MlflowClient
 from ghm.comparison.record import FAILED, FINISHED, PRUNED, REUSED, STATES, SweepRecord, TrialRecord
 from ghm.sweep.config import TrackingSettings
 from ghm.tracking.store import default_tracking_uri, experiment_id, tracking_client
-
-
-def trial_tags(sweep: str, number: int, params: dict[str, Any], parent_run_id: str | None) -> dict[str, str]:
-    """The tags of a trial's MLflow run: its sweep, number and swept values, named after what it tries in MLflow's UI."""
-    tags = {"sweep": sweep, "trial": str(number), **{f"param.{k}": str(v) for k, v in params.items()},
-            "mlflow.runName": f"{number}: " + (" ".join(f"{k}={v}" for k, v in params.items()) or "trial")}
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
-    return tags
 
 
 def metric_slug(setting: str) -> str:
@@ -52,6 +43,10 @@ class ParentRun:
     @property
     def tracking_uri(self) -> str:
         return self.client.tracking_uri
+
+    def exists(self, name: str) -> bool:
+        """Whether a sweep named ``name`` has a parent run in the experiment."""
+        return bool(self.client.search_runs([self.experiment_id], filter_string=f"tags.sweep_parent = '{name}'", max_results=1))
 
     def start(self, name: str, search: str, params: dict[str, Any], resume: bool) -> str:
         """Create the run named after the sweep, or continue the one a resumed sweep left."""
@@ -104,6 +99,14 @@ class ParentRun:
                     self.client.log_metric(self.run_id, f"{key}/{metric_slug(c.setting)}", value)
         self.client.log_text(self.run_id, table, "comparison.txt")
         self.client.log_dict(self.run_id, record.to_json(), "sweep.json")
+
+    def log_optimization_results(self, results: dict[str, Any]) -> None:
+        """hydra-optuna-sweeper's results: the best value (or the Pareto front's size) as metrics, the file as an artifact."""
+        if "best_value" in results:
+            self.client.log_metric(self.run_id, "best_value", float(results["best_value"]))
+        else:
+            self.client.log_metric(self.run_id, "pareto_solutions", len(results["solutions"]))
+        self.client.log_dict(self.run_id, results, "optimization_results.yaml")
 
     def log_dashboard(self, path: Path) -> None:
         self.client.log_artifact(self.run_id, str(path))

@@ -30,9 +30,8 @@ from omegaconf import DictConfig
 
 from ghm.comparison.record import FAILED, FINISHED, PRUNED
 from ghm.sweep.config import PrunerSettings, RaySettings
-from ghm.sweep.parent_run import trial_tags
 from ghm.sweep.search import Search, TrialResult
-from ghm.sweep.task import TRIAL_ENV
+from ghm.sweep.task import TRIAL_ENV, trial_tags
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +45,27 @@ class TaskJob:
     config: DictConfig  # the sweep's config
     singleton_state: Any  # Hydra's global state (config store, plugins), as Hydra's own Ray launcher passes it
     fixed: tuple[str, ...]  # the overrides every trial gets
+    sweep_dir: str  # hydra.sweep.dir resolved in the driver: the jobs' folders are <sweep_dir>/<number> on every node
+    environment: dict[str, str]  # the driver's tracking URI and study storage, which every trial uses
 
     def launch(self, number: int, params: dict[str, Any], environment: dict[str, str]) -> JobReturn:
-        """Run the job ``number`` with the swept values ``params`` through Hydra's configured launcher."""
-        with _in_launch_dir(self.config.hydra.runtime.cwd), env_override(environment):
+        """Run the job ``number`` with the swept values ``params`` through Hydra's configured launcher.
+
+        The sweep folder is given resolved (a relative one means the launching directory, which a
+        cluster node may not have), and so are the driver's tracking URI and study storage: a node's
+        own environment does not decide where a trial's records go.
+        """
+        with _in_launch_dir(self.config.hydra.runtime.cwd), env_override({**self.environment, **environment}):
             Singleton.set_state(self.singleton_state)
             launcher = Plugins.instance().instantiate_launcher(hydra_context=self.hydra_context, task_function=self.task_function,
                                                                config=self.config)
-            overrides = [*self.fixed, *(f"{k}={v}" for k, v in params.items())]
+            overrides = [*self.fixed, *(f"{k}={v}" for k, v in params.items()), f"hydra.sweep.dir={quoted(self.sweep_dir)}"]
             return launcher.launch([overrides], initial_job_idx=number)[0]
+
+
+def quoted(value: str) -> str:
+    """``value`` as a quoted string of Hydra's override grammar (paths may hold ``=``, spaces, commas)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 @dataclass
@@ -86,7 +97,7 @@ def run_trial(tune_config: dict[str, Any], spec: TrialSpec) -> None:
         final = {spec.metric: float(result.return_value), "trial_state": FINISHED}
     else:  # the task raised: a failed trial, not a worker death, so not retried
         error = result._return_value  # JobReturn.return_value re-raises; the exception itself is the record
-        log.error("trial %d failed: %s: %s", number, type(error).__name__, error)
+        log.error("trial %d failed: %s: %s", number, type(error).__name__, error, exc_info=error)  # with the task's traceback
         final = {spec.metric: spec.failure_value, "trial_state": FAILED, "error": f"{type(error).__name__}: {error}"}
     record.parent.mkdir(parents=True, exist_ok=True)
     partial = record.with_suffix(".partial")
@@ -113,10 +124,63 @@ def run_trials(experiment: str, spec: TrialSpec, *, mode: str, n_jobs: int, ray:
                      if pruner.enabled and spec.search.prunable else FIFOScheduler())
         tune_config = tune.TuneConfig(metric=spec.metric, mode=mode, scheduler=scheduler, search_alg=plan.search_alg,
                                       num_samples=plan.num_samples, max_concurrent_trials=n_jobs, reuse_actors=True)
-        run_config = tune.RunConfig(name=experiment, storage_path=str(storage), verbose=1,
+        run_config = tune.RunConfig(name=experiment, storage_path=str(storage), verbose=ray.verbose, callbacks=[hydra_console(spec, mode)],
                                     failure_config=tune.FailureConfig(max_failures=ray.max_retries))
         tuner = tune.Tuner(trainable, param_space=plan.param_space, tune_config=tune_config, run_config=run_config)
-    return sorted((_result(spec, result) for result in tuner.fit()), key=lambda r: r.number)
+    # verbose 0: Tune prints nothing, not even its start-up box (its newer console does); the failure value's
+    # -inf is no reason for TensorBoard's writer to warn on every failed trial.
+    logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
+    with env_override({"RAY_AIR_NEW_OUTPUT": "0"} if ray.verbose == 0 else {}):
+        results = tuner.fit()
+    return sorted((_result(spec, result) for result in results), key=lambda r: r.number)
+
+
+def hydra_console(spec: TrialSpec, mode: str) -> Any:
+    """A Tune callback that shows the sweep as Hydra's sweepers do (Ray Tune's own tables: ``hydra.sweeper.ray.verbose``).
+
+    ``#3 : loss=ghm seed=1`` when a trial starts, ``#3 : loss=ghm seed=1 -> mAP=0.41 (finished)`` when it
+    ends, then one line of progress: finished / running / pruned / failed, and the best so far.
+    """
+    from ray.tune import Callback
+
+    class HydraConsole(Callback):
+        def __init__(self) -> None:
+            self.states: dict[int, str] = {}
+            self.best: tuple[float, int] | None = None
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            number, params = spec.search.trial(trial.config)
+            log.info("#%d : %s", number, _overrides(params))
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            number, params = spec.search.trial(trial.config)
+            result = trial.last_result or {}
+            state = result.get("trial_state") if result.get("trial_state") in (FINISHED, FAILED) else PRUNED
+            value = result.get(spec.metric)
+            self.states[number] = state
+            if state == FINISHED and value is not None and (self.best is None or (value > self.best[0]) == (mode == "max")):
+                self.best = (value, number)
+            outcome = f"{spec.metric}={value:.6g}" if state != FAILED and value is not None else result.get("error", "")
+            log.info("#%d : %s -> %s (%s)", number, _overrides(params), outcome, state)
+            self._progress(trials, trial)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            number, params = spec.search.trial(trial.config)
+            self.states[number] = FAILED
+            log.info("#%d : %s -> its worker died more often than retried (failed)", number, _overrides(params))
+            self._progress(trials, trial)
+
+        def _progress(self, trials: list, ended: Any) -> None:
+            running = sum(t.status == "RUNNING" and t is not ended for t in trials)
+            counts = ", ".join(f"{sum(s == state for s in self.states.values())} {state}" for state in (FINISHED, PRUNED, FAILED))
+            best = f"; best {spec.metric}={self.best[0]:.6g} (#{self.best[1]})" if self.best else ""
+            log.info("progress: %s, %d running%s", counts, running, best)
+
+    return HydraConsole()
+
+
+def _overrides(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items())
 
 
 def _result(spec: TrialSpec, result: Any) -> TrialResult:

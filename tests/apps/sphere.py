@@ -1,4 +1,4 @@
-"""hydra-optuna-sweeper's documented example, as its users write it (config: sphere.yaml)."""
+"""hydra-optuna-sweeper's documented example, as its users write it (config: sphere.yaml); ``error=true`` makes it fail."""
 
 import hydra
 from omegaconf import DictConfig
@@ -8,6 +8,8 @@ from omegaconf import DictConfig
 def sphere(cfg: DictConfig) -> float:
     x: float = cfg.x
     y: float = cfg.y
+    if cfg.get("error", False):
+        raise RuntimeError("cfg.error is True")
     return x**2 + y**2
 
 
