@@ -48,6 +48,7 @@ def results(sweep_dir: Path) -> DictConfig:
 
 
 @pytest.mark.parametrize("with_commandline", [True, False])
+@pytest.mark.slow  # starts the app in a process of its own
 def test_sphere_example(with_commandline: bool, tmp_path: Path) -> None:
     storage, study_name = f"sqlite:///{tmp_path / 'test.db'}", "test-optuna-example"
     cmd = ["sphere.py", "--multirun", f"hydra.sweep.dir={tmp_path}", "hydra.job.chdir=True", "hydra.sweeper.n_trials=20",
@@ -70,6 +71,7 @@ def test_sphere_example(with_commandline: bool, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("num_trials", [10, 1])
+@pytest.mark.slow  # starts the app in a process of its own
 def test_grid_sampler(num_trials: int, tmp_path: Path) -> None:
     run_app(["sphere.py", "--multirun", f"--config-dir={APPS / 'conf'}", "--config-name=grid", f"hydra.sweep.dir={tmp_path}",
              "hydra.job.chdir=False", f"hydra.sweeper.n_trials={num_trials}", "hydra.sweeper.n_jobs=1"])
@@ -87,6 +89,7 @@ def dominates(a: list[float], b: list[float]) -> bool:
 
 
 @pytest.mark.parametrize("with_commandline", [True, False])
+@pytest.mark.slow  # starts the app in a process of its own
 def test_multi_objective_example(with_commandline: bool, tmp_path: Path) -> None:
     cmd = ["multi-objective.py", "--multirun", f"hydra.sweep.dir={tmp_path}", "hydra.job.chdir=True", "hydra.sweeper.n_trials=20",
            "hydra.sweeper.n_jobs=1", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=123"]
@@ -116,6 +119,7 @@ def test_multi_objective_with_nsgaii_its_pareto_front_on_an_mlflow_parent_run(tm
     assert OmegaConf.to_container(logged.solutions) == solutions
 
 
+@pytest.mark.slow  # starts the app in a process of its own
 def test_custom_search_space_example(tmp_path: Path) -> None:
     cmd = ["custom-search-space-objective.py", "--multirun", f"hydra.sweep.dir={tmp_path}", "hydra.job.chdir=True",
            "hydra.sweeper.n_trials=20", "hydra.sweeper.n_jobs=1", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=123",
@@ -127,6 +131,7 @@ def test_custom_search_space_example(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("max_failure_rate", [0.5, 1.0])
+@pytest.mark.slow  # starts the app in a process of its own
 def test_failure_rate(max_failure_rate: float, tmp_path: Path) -> None:
     cmd = ["sphere.py", "--multirun", f"hydra.sweep.dir={tmp_path}", "hydra.job.chdir=True", "hydra.sweeper.n_trials=20",
            "hydra.sweeper.n_jobs=2", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=123",
@@ -141,6 +146,7 @@ def test_failure_rate(max_failure_rate: float, tmp_path: Path) -> None:
         assert "Failed experiment: cfg.error is True" in result.stdout
 
 
+@pytest.mark.slow  # starts the app in a process of its own
 def test_in_memory_study_nothing_beside_the_sweep_folder_and_relative_dirs(tmp_path: Path) -> None:
     # storage: null (sphere.yaml) is an in-memory study; a relative sweep dir means the launching directory's.
     run_app(["sphere.py", "-m", "hydra.sweep.dir=rel/sweep", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2"], cwd=tmp_path)
@@ -151,6 +157,7 @@ def test_in_memory_study_nothing_beside_the_sweep_folder_and_relative_dirs(tmp_p
     assert not any(p.name in ("optuna.db", "ray_results") for p in APPS.iterdir())
 
 
+@pytest.mark.slow  # starts the app in a process of its own
 def test_a_persisted_study_continues_with_n_trials_more(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     for sweep in ("first", "second"):
@@ -161,6 +168,7 @@ def test_a_persisted_study_continues_with_n_trials_more(tmp_path: Path) -> None:
     assert results(tmp_path / "second").best_value == min(t.value for t in trials)  # the study's best, old trials included
 
 
+@pytest.mark.slow  # starts the app in a process of its own
 def test_motpe_fails_with_upstreams_message(tmp_path: Path) -> None:
     result = run_app(["multi-objective.py", "-m", "hydra/sweeper/sampler=motpe", f"hydra.sweep.dir={tmp_path}"], check=False)
     assert result.returncode == 1
@@ -224,6 +232,7 @@ def test_upstreams_module_paths_and_helpers(arguments: list[str], expected: tupl
         sweeper._process_searchspace_config()
 
 
+@pytest.mark.slow  # starts the app in a process of its own
 def test_cmaes_searches_the_sphere(tmp_path: Path) -> None:
     out = run_app(["sphere.py", "--multirun", f"hydra.sweep.dir={tmp_path}", "hydra/sweeper/sampler=cmaes",
                    "hydra.sweeper.sampler.seed=1", "hydra.sweeper.n_trials=12", "hydra.sweeper.n_jobs=1", "x=interval(-2, 2)",
