@@ -117,6 +117,9 @@ def test_multi_objective_with_nsgaii_its_pareto_front_on_an_mlflow_parent_run(tm
     assert parent.data.metrics["pareto_solutions"] == len(solutions)
     logged = OmegaConf.load(client.download_artifacts(parent.info.run_id, "optimization_results.yaml", str(tmp_path)))
     assert OmegaConf.to_container(logged.solutions) == solutions
+    page = Path(client.download_artifacts(parent.info.run_id, "dashboard.html", str(tmp_path))).read_text()
+    assert "Pareto-front Plot" in page and "Best Trial" in page  # Optuna's plot: every trial, the front marked
+    assert all(repr(float(v)) in page for s in solutions for v in s["values"])  # the front's points are plotted
 
 
 @pytest.mark.slow  # starts the app in a process of its own

@@ -185,6 +185,8 @@ class OptunaSweep:
             raise
         if parent:
             parent.log_optimization_results(results)
+            if len(self.directions) > 1:
+                parent.log_dashboard(self._pareto_page(study))
             parent.end()
 
     def _configure(self, trial: Trial, distributions: dict[str, BaseDistribution], fixed: dict[str, Any]) -> tuple[str, ...]:
@@ -221,6 +223,19 @@ class OptunaSweep:
             log.error(f"Failed {len(failures)} times out of {len(returns)} with max_failure_rate={self.settings.max_failure_rate}.")
             for result in returns:
                 result.return_value  # noqa: B018 - raises the task's exception with its traceback
+
+    def _pareto_page(self, study: optuna.Study) -> Path:
+        """The dashboard of a multi-objective search: Optuna's Pareto-front plot of every trial, the front highlighted."""
+        from optuna.visualization import plot_pareto_front
+
+        names = [f"objective {i} ({d})" for i, d in enumerate(self.directions)]
+        figure = plot_pareto_front(study, target_names=names) if len(self.directions) <= 3 else None
+        path = self.sweep_dir / "dashboard.html"
+        if figure is None:  # Optuna plots two or three objectives; the front's table is in optimization_results.yaml
+            path.write_text("<p>Pareto front of more than three objectives: see optimization_results.yaml</p>", encoding="utf-8")
+        else:
+            figure.write_html(str(path), include_plotlyjs=True, full_html=True)
+        return path
 
     def _save(self, study: optuna.Study) -> dict[str, Any]:
         """``optimization_results.yaml`` in the sweep folder and the log lines, as upstream writes them."""
