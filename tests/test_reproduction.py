@@ -23,7 +23,8 @@ TABLE = PaperTable("cls", "Classification losses", "loss=focal",
                    "paper")
 
 
-def store_sweep(client: MlflowClient, experiment: str, objectives: dict[str, list[float]] = MAP, key: str = "loss") -> None:
+def store_sweep(client: MlflowClient, experiment: str, objectives: dict[str, list[float]] = MAP, key: str = "loss",
+                ap50: dict[str, list[float]] = AP50) -> None:
     """A finished grid sweep as the engine leaves it: a parent run with sweep.json, a child run per trial (tagged as the task tags it)."""
     experiment_id = client.create_experiment(experiment)
     parent = client.create_run(experiment_id, tags={"sweep_parent": "sweep-test", "search": "grid"}).info.run_id
@@ -33,8 +34,8 @@ def store_sweep(client: MlflowClient, experiment: str, objectives: dict[str, lis
         tags = {"mlflow.parentRunId": parent, "pair_key": f"seed-{seed}", "baseline": str(baseline).lower()}
         run = client.create_run(experiment_id, tags=tags).info.run_id
         client.log_metric(run, "mAP", objectives[value][seed])
-        if value in AP50:
-            client.log_metric(run, "AP50", AP50[value][seed])
+        if value in ap50:
+            client.log_metric(run, "AP50", ap50[value][seed])
         client.set_terminated(run)
         trials.append(TrialRecord(number, {key: value, "seed": seed}, FINISHED, objectives[value][seed], seed, baseline, run))
     record = SweepRecord("sweep-test", "grid", "mAP", "maximize", Pairing.declare("loss=focal"), trials, [])
@@ -60,8 +61,8 @@ def test_each_row_gives_the_paper_and_our_paired_difference(tmp_path: Path) -> N
     interval = stats.ttest_rel(MAP["ce_sl1"], MAP["focal"]).confidence_interval()
     assert ce[5] == f"{differences.mean() * 100:+.1f} [{interval.low * 100:+.1f}, {interval.high * 100:+.1f}]"
     assert row(report, "FL (`loss=focal`)")[5] == "baseline"
-    assert f"Regime: baseline mAP {np.mean(MAP['focal']):.3f} (min 0.300), AP50 {np.mean(AP50['focal']):.3f} (min 0.610) over 3 runs" \
-        in report
+    assert (f"Regime: baseline loss=focal: mAP {np.mean(MAP['focal']):.3f} (0.300-0.330), AP50 {np.mean(AP50['focal']):.3f} "
+            "(0.610-0.640) over 3 seeds.") in report and "WARNING" not in report
     # CE < FL and CE < GHM-C are confirmed (every seed far apart); FL < GHM-C is within these seeds' noise.
     assert "2 confirmed, 0 contradicted, 1 not resolved (of 3" in report
     assert re.search(r"- FL < GHM-C \(paper: \+0\.2\): not resolved, ours \+0\.3 \[", report)
@@ -93,4 +94,11 @@ def test_a_sweep_without_baseline_trials_pairs_with_the_baseline_runs_of_another
     difference = np.subtract(bins["5"], MAP["focal"]).mean()
     assert row(report, "M = 5 (`loss.cls.bins=5`)")[5] == f"{difference * 100:+.1f} [{interval.low * 100:+.1f}, {interval.high * 100:+.1f}]"
     assert row(report, "FL (`loss=focal`)")[3].startswith(f"{np.mean(MAP['focal']) * 100:.1f} ")
-    assert "over 3 runs" in report
+    assert "over 3 seeds" in report
+
+
+def test_a_table_whose_baseline_does_not_detect_says_so(tmp_path: Path) -> None:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store_sweep(client, "cls", ap50={"focal": [0.10, 0.12, 0.11]})
+    report = build_report(client, (TABLE,))
+    assert "AP50 0.110 (0.100-0.120) over 3 seeds.\n\nWARNING: the baseline's AP50 is below 0.5: it does not really detect" in report

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import itertools
 import math
-import statistics
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from mlflow.tracking import MlflowClient
 
+from ghm.comparison.regime import Regime
 from ghm.comparison.statistics import PairedComparison, compare
 from ghm.dashboard.source import DashboardError, Setting, SweepView, load_sweep
 from ghm.reproduction.paper import TABLES, PaperTable
@@ -80,14 +80,13 @@ def borrowed_baseline(client: MlflowClient, view: SweepView, label: str) -> Sett
     return borrowed if borrowed.objectives else None
 
 
-def regime(client: MlflowClient, baseline: Setting | None) -> str:
-    """The baseline's final mAP and AP50, mean over its runs: how well the detectors this table compares detect."""
+def regime(client: MlflowClient, baseline: Setting | None, label: str) -> str:
+    """How well the detectors this table compares detect: the baseline's final mAP and AP50 over its runs, and the
+    sweep's warning when it does not really detect (:class:`ghm.comparison.regime.Regime`)."""
     if baseline is None or not baseline.runs:
-        return "baseline not measured"
-    metrics = [client.get_run(run_id).data.metrics for run_id in baseline.runs]
-    values = {key: [m[key] for m in metrics if key in m] for key in ("mAP", "AP50")}
-    parts = [f"{key} {statistics.fmean(v):.3f} (min {min(v):.3f})" for key, v in values.items() if v]
-    return f"baseline {', '.join(parts)} over {len(metrics)} runs"
+        return "Regime: baseline not measured."
+    metrics = dict(enumerate(client.get_run(run_id).data.metrics for run_id in baseline.runs))
+    return Regime.from_runs(label, metrics).line().replace("\nWARNING", ".\n\nWARNING") + "."
 
 
 def _interval(low: float, high: float) -> str:
@@ -110,7 +109,7 @@ def table_section(client: MlflowClient, table: PaperTable) -> str:
     paper_baseline = table.row(table.baseline).ap
     lines += [f"`{command}` (MLflow experiment `{table.experiment}`, sweep `{view.record.name}`, parent run "
               f"`{view.parent_run_id}`, started {started:%Y-%m-%d %H:%M} UTC). Paper: {table.source}.",
-              "", f"Regime: {regime(client, baseline)}.", "",
+              "", regime(client, baseline, table.baseline), "",
               f"| setting | paper AP | paper Δ vs {table.row(table.baseline).name} | our mAP x100 (95% CI) | seeds | "
               f"our paired Δ (95% t CI) |", "|---|---:|---:|---:|---:|---:|"]
     for row in table.rows:
