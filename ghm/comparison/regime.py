@@ -35,16 +35,23 @@ class Regime:
     def detects(self) -> bool:
         return bool(self.seeds) and float(np.mean(self.ap50)) >= DETECTING_AP50
 
-    def line(self) -> str:
-        """One line for the closing table, e.g. ``Regime: baseline loss=focal: mAP 0.351 (0.347-0.356), AP50 ...``."""
+    def summary(self) -> str:
+        """The baseline's numbers, e.g. ``Regime: baseline loss=focal: mAP 0.351 (0.347-0.356), AP50 ... over 3 seeds``."""
         if not self.seeds:
             return f"Regime: no finished run of the baseline {self.baseline}: the comparison has no reference"
-        text = (f"Regime: baseline {self.baseline}: mAP {_summary(self.map)}, AP50 {_summary(self.ap50)} "
+        return (f"Regime: baseline {self.baseline}: mAP {_summary(self.map)}, AP50 {_summary(self.ap50)} "
                 f"over {len(self.seeds)} seed{'s' if len(self.seeds) > 1 else ''}")
-        if not self.detects:
-            text += (f"\nWARNING: the baseline's AP50 is below {DETECTING_AP50}: it does not really detect, and the "
-                     "differences measure detectors that have not learnt (train longer, or use easier data)")
-        return text
+
+    def warning(self) -> str | None:
+        """Said under the summary when the baseline does not really detect."""
+        if not self.seeds or self.detects:
+            return None
+        return (f"WARNING: the baseline's AP50 is below {DETECTING_AP50}: it does not really detect, and the "
+                "differences measure detectors that have not learnt (train longer, or use easier data)")
+
+    def line(self) -> str:
+        """The closing table's lines: the summary, and the warning when there is one."""
+        return "\n".join(part for part in (self.summary(), self.warning()) if part)
 
 
 def _summary(values: Sequence[float]) -> str:

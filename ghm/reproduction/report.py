@@ -86,7 +86,8 @@ def regime(client: MlflowClient, baseline: Setting | None, label: str) -> str:
     if baseline is None or not baseline.runs:
         return "Regime: baseline not measured."
     metrics = dict(enumerate(client.get_run(run_id).data.metrics for run_id in baseline.runs))
-    return Regime.from_runs(label, metrics).line().replace("\nWARNING", ".\n\nWARNING") + "."
+    found = Regime.from_runs(label, metrics)
+    return "\n\n".join(f"{part}." for part in (found.summary(), found.warning()) if part)
 
 
 def _interval(low: float, high: float) -> str:
