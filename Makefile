@@ -15,9 +15,12 @@ $(STAMP): pyproject.toml
 main: $(STAMP)
 	$(VENV)/bin/python launch.py experiments=ghm_vs_focal
 
+# Two pytest-xdist workers: most of the suite waits on processes it starts (Ray, MLflow, Hydra apps), so
+# two at a time fill the 2 cores; the docker tests run after the rest, alone with the stack they bring up.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup -m "not docker"
+	$(VENV)/bin/python -m pytest -m docker
 
 # The edit-test loop: the unit tier, without the tests marked slow, cluster, browser or docker (pyproject.toml).
 test-fast: $(STAMP)

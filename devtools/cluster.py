@@ -396,6 +396,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, default=Path(".cluster"), help="logs, token, artifacts (default: .cluster/ here)")
     parser.add_argument("--detach", action="store_true", help="up: leave the cluster running; stop it with `down`")
     parser.add_argument("--postgres", default=ClusterSpec.postgres, help="PostgreSQL server URL, without a database")
+    parser.add_argument("--mlflow-database", default=ClusterSpec.mlflow_database, help="MLflow's database (created if missing)")
+    parser.add_argument("--optuna-database", default=ClusterSpec.optuna_database, help="Optuna's database (created if missing)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--cpus-per-worker", type=int, default=1)
     parser.add_argument("--mlflow-port", type=int, default=ClusterSpec.mlflow_port)
@@ -406,7 +408,8 @@ def main(argv: list[str] | None = None) -> None:
         NativeCluster.load(args.workdir).stop()
         print("cluster stopped")
         return
-    spec = ClusterSpec(workdir=args.workdir, postgres=args.postgres, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+    spec = ClusterSpec(workdir=args.workdir, postgres=args.postgres, mlflow_database=args.mlflow_database,
+                       optuna_database=args.optuna_database, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                        mlflow_port=args.mlflow_port, dashboard_port=args.dashboard_port, optuna_port=args.optuna_port)
     cluster = NativeCluster(spec)
     print(f"starting the cluster (logs in {spec.workdir / 'logs'}) ...", flush=True)

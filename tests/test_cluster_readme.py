@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from devtools.cluster import ClusterSpec, NativeCluster
 from tests.conftest import ROOT, SMALL_DATA
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -28,8 +29,12 @@ DRIVER_KEYS = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "MLFLOW_TR
 def test_readme_cluster_steps_track_every_trial_where_the_driver_tracks(tmp_path: Path) -> None:
     shell = {k: v for k, v in os.environ.items() if k not in DRIVER_KEYS}  # a fresh shell, before the exports
     workdir = tmp_path / "cluster"
+    # Databases of its own: the default ones outlive a run, and a later run of the same code would reuse its baseline from them.
+    suffix = uuid.uuid4().hex[:8]
+    databases = {"mlflow_database": f"ghm_readme_mlflow_{suffix}", "optuna_database": f"ghm_readme_optuna_{suffix}"}
     up = subprocess.run([sys.executable, "-m", "devtools.cluster", "up", "--detach", "--workers", "2", "--workdir", str(workdir),
-                         "--mlflow-port", "0", "--dashboard-port", "0", "--optuna-port", "0"],
+                         "--mlflow-port", "0", "--dashboard-port", "0", "--optuna-port", "0",
+                         *(arg for key, name in databases.items() for arg in (f"--{key.replace('_', '-')}", name))],
                         cwd=ROOT, env=shell, capture_output=True, text=True, timeout=300)
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
@@ -56,3 +61,6 @@ def test_readme_cluster_steps_track_every_trial_where_the_driver_tracks(tmp_path
     finally:
         subprocess.run([sys.executable, "-m", "devtools.cluster", "down", "--workdir", str(workdir)], cwd=ROOT, env=shell,
                        capture_output=True, timeout=120)
+        cluster = NativeCluster(ClusterSpec(workdir=workdir, **databases))
+        cluster.drop_databases()
+        os.rmdir(cluster.temp_dir)

@@ -34,25 +34,27 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
                   "--disable-component-update", "--disable-sync"]
 
 
-def run(args: list[str], cwd: Path) -> str:
-    result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+def run(args: list[str], cwd: Path, ray_head: dict[str, str]) -> str:
+    """A sweep on the session's Ray head."""
+    result = subprocess.run([sys.executable, *args], cwd=cwd, env={**os.environ, **ray_head}, capture_output=True, text=True,
+                            timeout=900)
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
     return result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def grid(tmp_path_factory: pytest.TempPathFactory, ray_head: dict[str, str]) -> dict[str, Any]:
     """GHM and focal loss on seeds 0 and 1 (2 epochs of the smoke schedule), tracked in a store of its own."""
     tmp = tmp_path_factory.mktemp("grid")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     output = run(["launch.py", "-m", "loss=focal,ghm", "seed=0,1", "train=smoke", "train.epochs=2", *SMALL_DATA,
                   f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=dashboard", f"hydra.sweep.dir={tmp / 'multirun'}",
-                  f"hydra.sweeper.ray.storage_path={tmp / 'ray'}", f"hydra.sweeper.storage=sqlite:///{tmp / 'optuna.db'}"], ROOT)
+                  f"hydra.sweeper.ray.storage_path={tmp / 'ray'}", f"hydra.sweeper.storage=sqlite:///{tmp / 'optuna.db'}"], ROOT, ray_head)
     return {"uri": uri, "dir": tmp, "output": output, "page": tmp / "multirun" / "dashboard.html"}
 
 
 @pytest.fixture(scope="module")
-def search(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def search(tmp_path_factory: pytest.TempPathFactory, ray_head: dict[str, str]) -> dict[str, Any]:
     """An Optuna search of the curves app: x above 0.8 fails, ASHA prunes some of the rest."""
     tmp = tmp_path_factory.mktemp("search")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -60,7 +62,7 @@ def search(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                   "hydra.sweeper.max_failure_rate=1.0", "fail_above=0.8", "seconds_per_epoch=0.2", f"log={tmp / 'log'}",
                   f"+mlflow_uri={uri}", f"+mlflow.tracking_uri={uri}", "+mlflow.experiment_name=search",
                   f"hydra.sweep.dir={tmp / 'multirun'}", f"hydra.sweeper.ray.storage_path={tmp / 'ray'}",
-                  f"hydra.sweeper.storage=sqlite:///{tmp / 'optuna.db'}"], APPS)
+                  f"hydra.sweeper.storage=sqlite:///{tmp / 'optuna.db'}"], APPS, ray_head)
     return {"uri": uri, "dir": tmp, "output": output, "page": tmp / "multirun" / "dashboard.html",
             "storage": f"sqlite:///{tmp / 'optuna.db'}"}
 

@@ -30,6 +30,8 @@ from tests.conftest import ROOT
 
 APPS = ROOT / "tests" / "apps"
 
+pytestmark = pytest.mark.usefixtures("ray_address")  # the sweeps run on the session's Ray head
+
 
 def run_app(args: list[str], cwd: Path = APPS, check: bool = True) -> subprocess.CompletedProcess:
     """One app, as its user runs it (the checkout on the path, as an installed package would be)."""

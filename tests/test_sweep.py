@@ -17,7 +17,7 @@ from tests.conftest import ROOT, SMALL_DATA
 
 APPS = ROOT / "tests" / "apps"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_address")]  # sweeps on the session's Ray head
 
 
 def run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -59,9 +59,15 @@ def test_too_many_failures_fail_the_sweep(tmp_path: Path) -> None:
     progress = [line for line in output.splitlines() if "progress: " in line]
     assert progress[-1].endswith("progress: 1 finished, 0 pruned, 1 failed, 0 running; best objective=0.5 (#0)")
     assert 'raise ValueError(f"x={cfg.x} is above {cfg.fail_above}")' in output and "Trial status" not in output
+    # Ray Tune's result files stay (its experiment analysis reads them); its TensorBoard logger, which imports torch, does not run.
+    trial_dirs = [p.parent for p in (tmp_path / "ray").rglob("params.json")]
+    assert len(trial_dirs) == 2 and all((d / "result.json").is_file() and (d / "progress.csv").is_file() for d in trial_dirs)
+    assert not list((tmp_path / "ray").rglob("events.out.tfevents*"))
 
 
-def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path: Path) -> None:
+@pytest.mark.local_ray
+def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS")  # the launcher starts its own local Ray, which dies with it
     log = tmp_path / "executions.txt"
     command = [sys.executable, "curves.py", "-m", "x=0.1,0.2,0.3,0.4,0.5", "hydra.sweeper.n_jobs=1", "hydra.sweeper.study_name=resume",
                "seconds_per_epoch=1.0", f"log={log}", *places(tmp_path, "resume")]
@@ -136,7 +142,9 @@ def test_a_trial_whose_worker_dies_is_retried(tmp_path: Path) -> None:
     assert sorted(log.read_text().splitlines()) == ["x=0.1 seed=0", "x=0.2 seed=0"]  # retried, and finished once each
 
 
-def test_a_resumed_search_leaves_no_duplicate_and_no_running_trial(tmp_path: Path) -> None:
+@pytest.mark.local_ray
+def test_a_resumed_search_leaves_no_duplicate_and_no_running_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS")  # the launcher starts its own local Ray, which dies with it
     log, uri = tmp_path / "executions.txt", f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = [sys.executable, "curves.py", "--config-name", "curves_search", "-m", "hydra.sweeper.study_name=resumed",
                "hydra.sweeper.n_trials=5", "hydra.sweeper.n_jobs=1", "hydra.sweeper.pruner.enabled=false", "seconds_per_epoch=1.0",
