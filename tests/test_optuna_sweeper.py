@@ -30,7 +30,12 @@ from tests.conftest import ROOT
 
 APPS = ROOT / "tests" / "apps"
 
-pytestmark = pytest.mark.usefixtures("ray_address")  # the sweeps run on the session's Ray head
+
+@pytest.fixture(autouse=True)
+def sweeps_on_the_session_head(request: pytest.FixtureRequest) -> None:
+    """The sweeping tests (marked slow) join the session's Ray head; the others need no Ray."""
+    if request.node.get_closest_marker("slow"):
+        request.getfixturevalue("ray_address")
 
 
 def run_app(args: list[str], cwd: Path = APPS, check: bool = True) -> subprocess.CompletedProcess:
@@ -209,6 +214,7 @@ def test_samplers_have_upstreams_keys_and_defaults(name: str) -> None:
     assert isinstance(instantiate(node, seed=1), cls)
 
 
+@pytest.mark.slow  # sweeps on Ray, in this process
 def test_sweep_returns_none(hydra_sweep_runner: TSweepRunner) -> None:
     sweep = hydra_sweep_runner(calling_file=None, calling_module="hydra.test_utils.a_module", config_path="configs",
                                config_name="compose.yaml", task_function=None,
