@@ -199,7 +199,7 @@ class NativeCluster:
         """The tracking server on its own PostgreSQL database, artifacts served from the workdir, job execution off."""
         port = self.spec.mlflow_port
         hosts = ",".join(f"{h}{p}" for h in (self.spec.mlflow_service_name, "127.0.0.1", "localhost") for p in ("", f":{port}"))
-        command = [_script("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        command = [console_script("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                    "--backend-store-uri", self.database_url(self.spec.mlflow_database),
                    "--artifacts-destination", str(self.spec.workdir / "mlartifacts"), "--serve-artifacts",
                    "--allowed-hosts", hosts]
@@ -215,7 +215,7 @@ class NativeCluster:
         self.save_state()
 
     def _start_ray_head(self) -> None:
-        command = [_script("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+        command = [console_script("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                    "--port", str(self.spec.ray_port), "--num-cpus", "0", "--num-gpus", "0",
                    "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.spec.dashboard_port),
                    "--ray-client-server-port", str(self.spec.client_port), "--temp-dir", self.temp_dir,
@@ -228,7 +228,7 @@ class NativeCluster:
         """Start one more Ray worker node; returns its component name (``ray-worker-<n>``)."""
         self._worker_count += 1
         name = f"ray-worker-{self._worker_count}"
-        command = [_script("ray"), "start", "--block", "--address", self.ray_address, "--node-ip-address", "127.0.0.1",
+        command = [console_script("ray"), "start", "--block", "--address", self.ray_address, "--node-ip-address", "127.0.0.1",
                    "--num-cpus", str(self.spec.cpus_per_worker), "--num-gpus", "0", *self._node_ports()]
         self._launch(name, command, self._ray_environment())
         return name
@@ -250,7 +250,7 @@ class NativeCluster:
         return next((c.name for c in self.components if pid in _tree(c.pid)), None)
 
     def _start_optuna_dashboard(self) -> None:
-        command = [_script("optuna-dashboard"), self.optuna_storage, "--host", "127.0.0.1", "--port", str(self.spec.optuna_port)]
+        command = [console_script("optuna-dashboard"), self.optuna_storage, "--host", "127.0.0.1", "--port", str(self.spec.optuna_port)]
         self._launch("optuna-dashboard", command, dict(os.environ))
         self._wait_http("optuna-dashboard", f"{self.optuna_url}/api/meta", timeout=120)
 
@@ -378,7 +378,7 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}").exists()
 
 
-def _script(name: str) -> str:
+def console_script(name: str) -> str:
     """A console script of this environment (``mlflow``, ``ray``, ``optuna-dashboard``)."""
     path = Path(sys.executable).parent / name
     if not path.exists():

@@ -6,7 +6,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from devtools.cluster import free_port, stop_process_group
+from devtools.cluster import console_script, free_port, stop_process_group
 from ghm.comparison.pairing import Pairing
 from ghm.config import register, validate
 from ghm.run import Job, Processes, build_job
@@ -96,15 +95,14 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
     port = free_port()
     first_worker_port = 20000 + 1000 * int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
     environment = {"RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+    command = [console_script("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                "--port", str(port), "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "false",
                *(arg for name in EXPLICIT_PORTS for arg in (f"--{name}", str(free_port()))), "--temp-dir", session,
                # worker ports of their own per xdist worker (gw0, gw1, ...), apart from a local Ray's default 10002-19999
                "--min-worker-port", str(first_worker_port), "--max-worker-port", str(first_worker_port + 999)]
     log = workdir / "head.log"
-    env = {k: v for k, v in os.environ.items() if k not in environment}
     with log.open("wb") as out:
-        head = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**env, **environment},
+        head = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, **environment},
                                 start_new_session=True)
     try:
         deadline = time.monotonic() + 120
