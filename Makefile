@@ -15,12 +15,11 @@ $(STAMP): pyproject.toml
 main: $(STAMP)
 	$(VENV)/bin/python launch.py experiments=ghm_vs_focal
 
-# Two pytest-xdist workers: most of the suite waits on processes it starts (Ray, MLflow, Hydra apps), so
-# two at a time fill the 2 cores; the docker tests run after the rest, alone with the stack they bring up.
+# Two pytest-xdist workers: most of the suite waits on processes it starts (Ray, MLflow, Hydra apps, the compose
+# stack), so two at a time fill the 2 cores; tests/conftest.py keeps on one worker what must not run at once.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup -m "not docker"
-	$(VENV)/bin/python -m pytest -m docker
+	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup
 
 # The edit-test loop: the unit tier, without the tests marked slow, cluster, browser or docker (pyproject.toml).
 test-fast: $(STAMP)

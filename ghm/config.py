@@ -129,6 +129,7 @@ class ModelConfig:
     fpn_channels: int = 64  # retinanet_tiny
     anchor_sizes: list[int] = field(default_factory=lambda: [12, 24, 48, 96])  # one base size per level
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    head_convs: int = 2  # convolutions per head branch (retinanet_tiny; RetinaNet's is 4)
     min_size: int = 128
     max_size: int = 128
     per_level: bool = False
@@ -144,6 +145,7 @@ class ModelConfig:
                  "tiny for retinanet_tiny and a ResNet for the others", f"{self.backbone} with model.name={self.name}")
         for key in ("width", "fpn_channels", "min_size", "max_size", "detections_per_img"):
             _require(getattr(self, key) >= 1, f"model.{key}", "an integer >= 1", getattr(self, key))
+        _require(1 <= self.head_convs <= 4, "model.head_convs", "in [1, 4]", self.head_convs)
         _require(self.max_size >= self.min_size, "model.max_size", f">= model.min_size ({self.min_size})", self.max_size)
         _require(len(self.anchor_sizes) > 0 and all(s > 0 for s in self.anchor_sizes), "model.anchor_sizes",
                  "a non-empty list of positive sizes", self.anchor_sizes)
@@ -212,6 +214,7 @@ class DigitsPretrainConfig(PretrainConfig, PretrainingParams):
 
     name: str = "digits"
     cache_dir: str = MISSING  # trained once per parameter set into <cache_dir>/<key>
+    frozen_stages: int = 1  # as the paper's recipe (mmdetection's RetinaNet): the stem and layer1 frozen
 
     def validate(self) -> None:
         super().validate()

@@ -38,6 +38,9 @@ def test_a_setting_is_what_a_trial_tries_but_its_pairing_key() -> None:
     assert FOCAL.setting_label({"seed": 3}) == "candidate"
     assert Pairing(pair_by="fold").setting_label({"seed": 1, "fold": 2}) == "seed=1"
     assert FOCAL.is_baseline({"loss": "focal", "seed": 0}) and not FOCAL.is_baseline({"loss": "ghm", "seed": 0})
+    # a sweep of the baseline alone (loss fixed on the command line) is all baseline: its regime is reported
+    assert FOCAL.is_baseline({"seed": 0}, fixed=("loss=focal", "train.epochs=3"))
+    assert not FOCAL.is_baseline({"seed": 0}, fixed=("loss=ghm",)) and not FOCAL.is_baseline({"loss": "ghm"}, fixed=("loss=focal",))
 
 
 def test_runs_pair_when_only_the_baselines_key_and_ignored_keys_differ() -> None:

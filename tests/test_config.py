@@ -145,6 +145,7 @@ RECIPE_CHOICES = {
     ("model/retinanet_r50_fpn", "min_size"): "the paper's input size",
     ("model/retinanet_r50_fpn", "max_size"): "the paper's input size",
     ("model/retinanet_r50_fpn", "backbone"): "the paper's ResNet-50",
+    ("model/retinanet_r50_fpn", "head_convs"): "RetinaNet's head",
     ("model/retinanet_r101_fpn", "backbone"): "the paper's ResNet-101",
 }
 

@@ -61,9 +61,13 @@ class Pairing:
         """The baseline as its override, e.g. ``loss=focal``."""
         return f"{self.baseline_key}={self.baseline_value}" if self.baseline_key else None
 
-    def is_baseline(self, params: Mapping[str, Any]) -> bool:
-        """Whether a trial's swept values (or a run's choices) select the baseline."""
-        return self.baseline_key is not None and str(params.get(self.baseline_key)) == self.baseline_value
+    def is_baseline(self, params: Mapping[str, Any], fixed: Sequence[str] = ()) -> bool:
+        """Whether a trial's swept values (or a run's choices) select the baseline, or the sweep fixes it (``loss=focal``)."""
+        if self.baseline_key is None:
+            return False
+        if self.baseline_key in params:
+            return str(params[self.baseline_key]) == self.baseline_value
+        return any(line.split("=", 1) == [self.baseline_key, self.baseline_value] for line in fixed)
 
     def is_baseline_run(self, config: DictConfig, choices: Mapping[str, Any]) -> bool:
         """Whether a composed config is the baseline: its group choice (``loss=focal``) or its value of the key."""

@@ -133,13 +133,14 @@ def build_detector(num_classes: int, cls_loss: nn.Module, reg_loss: nn.Module, *
                    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0), min_size: int = 128, max_size: int = 128,
                    per_level: bool = False, score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100,
                    weights: str | None = None, backbone_weights: str | None = None, frozen_stages: int = -1,
-                   norm_eval: bool = False) -> GHMRetinaNet:
+                   norm_eval: bool = False, head_convs: int = 2) -> GHMRetinaNet:
     """RetinaNet on the ``tiny`` CNN (P3-P6, P6 max-pooled; GroupNorm head) or on a ResNet (the paper's, P3-P7).
 
     The defaults are ``retinanet_tiny``'s, as in :class:`ghm.config.ModelConfig`; ``width`` and
     ``fpn_channels`` apply to the tiny CNN alone. ``backbone_weights`` (a local torchvision-format
     classification checkpoint) initialises the backbone, with mmdetection's ``frozen_stages`` and
-    ``norm_eval`` (frozen BatchNorm); without them BatchNorm trains. ``weights`` may name a
+    ``norm_eval`` (frozen BatchNorm); without them BatchNorm trains. ``head_convs`` is the depth of
+    each head branch (RetinaNet's is 4; the tiny model's 2 costs 0.8x the step, docs/benchmarks.md). ``weights`` may name a
     whole-detector state dict. Nothing is downloaded; every file is read with ``weights_only=True``.
     """
     levels = 4 if backbone == "tiny" else 5  # P3-P6, or P3-P7
@@ -153,12 +154,21 @@ def build_detector(num_classes: int, cls_loss: nn.Module, reg_loss: nn.Module, *
     pyramid = feature_pyramid(body, fpn_channels)
     norm = partial(nn.GroupNorm, 8) if backbone == "tiny" else None  # torchvision's head (no norm) on ResNets
     head = RetinaNetHead(pyramid.out_channels, anchors.num_anchors_per_location()[0], num_classes, norm_layer=norm)
+    _shorten_head(head, head_convs)
     model = GHMRetinaNet(pyramid, num_classes, cls_loss, reg_loss, per_level=per_level, backbone_weights=report,
                          anchor_generator=anchors, head=head, min_size=min_size, max_size=max_size, score_thresh=score_thresh,
                          nms_thresh=nms_thresh, detections_per_img=detections_per_img)
     if weights:
         load_weights(model, Path(weights))
     return model
+
+
+def _shorten_head(head: RetinaNetHead, convs: int) -> None:
+    """Keep the first ``convs`` of the 4 convolutions torchvision builds in each branch."""
+    if not 1 <= convs <= 4:
+        raise ValueError(f"head_convs must be in [1, 4] (convolutions per head branch), got {convs!r}")
+    for branch in (head.classification_head, head.regression_head):
+        branch.conv = branch.conv[:convs]
 
 
 def load_weights(model: nn.Module, path: Path) -> None:

@@ -29,7 +29,7 @@ def reuse_finished(points: dict[int, dict[str, Any]], fixed: tuple[str, ...], pa
     reused = []
     experiments = [e.experiment_id for e in parent.client.search_experiments()]  # a baseline run of any experiment counts
     for number, params in points.items():
-        baseline = pairing.is_baseline(params)
+        baseline = pairing.is_baseline(params, fixed)
         if baselines_only and not baseline:
             continue
         key = pairing.config_key(compose([*fixed, *(f"{k}={v}" for k, v in params.items())]), code_version())

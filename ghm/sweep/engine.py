@@ -188,7 +188,7 @@ class Sweep:
                              resume=resume)
         results += search.settle({r.number for r in results})
         ran = [TrialRecord(number=r.number, params=r.params, state=r.state, objective=r.objective,
-                           seed=self.pairing.value_of(r.params, fixed, self.config), baseline=self.pairing.is_baseline(r.params),
+                           seed=self.pairing.value_of(r.params, fixed, self.config), baseline=self.pairing.is_baseline(r.params, fixed),
                            error=r.error) for r in results]
         return sorted(search.given() + ran, key=lambda t: t.number)
 
