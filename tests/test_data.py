@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ghm.data.cache import exclusive
 from ghm.data.coco import CocoDetection, DataError, collate
 from ghm.data.digits_det import DigitsDetParams, ensure_digits_det
 
@@ -38,6 +39,18 @@ def test_digits_det_is_deterministic_cached_and_coco_format(tmp_path: Path) -> N
     assert ensure_digits_det(SMALL, tmp_path / "a")["train"].annotation_file.stat().st_mtime_ns == mtime  # cached
     other = DigitsDetParams(**{**SMALL.__dict__, "seed": 4})
     assert other.key() != SMALL.key()
+
+
+def test_a_dataset_another_process_is_generating_is_left_to_it_or_waited_for(tmp_path: Path,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    with exclusive(tmp_path / f".{SMALL.key()}.lock"):  # held as another process generating it holds it
+        assert ensure_digits_det(SMALL, tmp_path, wait=False) is None
+        assert not (tmp_path / SMALL.key()).exists()
+    with caplog.at_level(logging.INFO, logger="ghm.data.digits_det"):
+        splits = ensure_digits_det(SMALL, tmp_path, wait=False)
+    assert splits is not None and len(json.loads(splits["val"].annotation_file.read_text())["images"]) == 6
+    assert "generating Digits-Det (12 train + 6 val images, once" in caplog.text and "Digits-Det generated in" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".{SMALL.key()}.lock", SMALL.key()]  # no staging folder left
 
 
 def test_digits_det_is_long_tailed_and_small(tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ backbone pretraining (:mod:`ghm.pretraining`) only from the training pool, so no
 detector is evaluated on was ever seen in training.
 
 Generation is deterministic in its parameters and writes a COCO-format dataset (PNG images and
-one JSON per split) to ``<cache_dir>/<key>``, where the key hashes the parameters; concurrent
-writers (parallel trials) are safe, since each builds in a private folder and renames it in place.
+one JSON per split) to ``<cache_dir>/<key>``, where the key hashes the parameters; one process
+generates it while parallel trials that need it wait (:mod:`ghm.data.cache`), into a private folder
+renamed in place, so an interrupted generation never leaves a dataset that looks complete.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +34,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ghm.data.cache import exclusive
 from ghm.data.coco import CocoDetection, DetectionData
+
+log = logging.getLogger(__name__)
 
 # Bump when the generator's output changes for the same parameters: it is part of the cache key.
 GENERATOR_VERSION = 2
@@ -252,23 +258,34 @@ def _write_split(params: DigitsDetParams, split: str, count: int, seed: int, roo
     (root / "annotations" / f"{split}.json").write_text(json.dumps(document))
 
 
-def ensure_digits_det(params: DigitsDetParams, cache_dir: str | os.PathLike[str]) -> dict[str, CocoSplit]:
-    """Generate the dataset once per parameter set; return its train and val splits."""
+def ensure_digits_det(params: DigitsDetParams, cache_dir: str | os.PathLike[str], *,
+                      wait: bool = True) -> dict[str, CocoSplit] | None:
+    """Generate the dataset once per parameter set; return its train and val splits.
+
+    With ``wait=False``, ``None`` at once when another process is generating it.
+    """
     root = Path(cache_dir) / params.key()
     if not (root / "params.json").exists():
-        staging = Path(cache_dir) / f".staging-{params.key()}-{uuid.uuid4().hex[:8]}"
-        try:
-            _write_split(params, "train", params.train_images, params.seed * 2 + 1, staging)
-            _write_split(params, "val", params.val_images, params.seed * 2 + 2, staging)
-            (staging / "params.json").write_text(json.dumps(dataclasses.asdict(params), indent=2))
-            try:
-                staging.rename(root)
-            except OSError:
-                if not (root / "params.json").exists():  # not a concurrent writer that won: a real error
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        with exclusive(Path(cache_dir) / f".{params.key()}.lock", wait=wait) as held:
+            if not held:
+                return None
+            if not (root / "params.json").exists():
+                _generate(params, root)
     return {split: CocoSplit(root / split, root / "annotations" / f"{split}.json") for split in ("train", "val")}
+
+
+def _generate(params: DigitsDetParams, root: Path) -> None:
+    log.info("generating Digits-Det (%d train + %d val images, once; cached in %s)", params.train_images, params.val_images, root)
+    started = time.monotonic()
+    staging = root.with_name(f".staging-{root.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        _write_split(params, "train", params.train_images, params.seed * 2 + 1, staging)
+        _write_split(params, "val", params.val_images, params.seed * 2 + 2, staging)
+        (staging / "params.json").write_text(json.dumps(dataclasses.asdict(params), indent=2))
+        staging.rename(root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("Digits-Det generated in %.0f s", time.monotonic() - started)
 
 
 def digits_det_dataset(cache_dir: str, hflip: bool, **params: object) -> DetectionData:

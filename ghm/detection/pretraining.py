@@ -15,7 +15,6 @@ the one that trains it.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_iou, roi_align
 
+from ghm.data.cache import exclusive
 from ghm.data.digits_det import GENERATOR_VERSION, DigitsDetParams, generate_images, scan_pool
 from ghm.detection.backbones import TinyBackbone
 from ghm.tracking.run import record_finished_run
@@ -58,7 +58,7 @@ class PretrainingParams:
     context: float = 1.3  # a digit's crop is its longer side times this (with jitter)
     backgrounds_per_image: int = 4
     holdout_fraction: float = 0.1  # of the images: crops for the reported accuracy, never trained on
-    epochs: int = 10
+    epochs: int = 8
     batch_size: int = 128
     lr: float = 0.05
     weight_decay: float = 5e-4
@@ -203,7 +203,7 @@ def ensure_pretrained_backbone(params: PretrainingParams, data: DigitsDetParams,
     folder = cache_dir / key
     weights, metrics_file = folder / "backbone.pt", folder / "metrics.json"
     if not metrics_file.is_file():
-        with _locked(folder):  # a concurrent trial that needs it waits here, then finds it cached
+        with exclusive(folder / ".lock"):  # a concurrent trial that needs it waits here, then finds it cached
             if not metrics_file.is_file():
                 log.info("pretraining the backbone on Digits-Det crops (once; cached in %s)", folder)
                 with _all_cores():  # trials that need it wait for it: their cores are idle meanwhile
@@ -217,7 +217,7 @@ def ensure_pretrained_backbone(params: PretrainingParams, data: DigitsDetParams,
 def record_in_mlflow(backbone: PretrainedBackbone, tracking_uri: str) -> str:
     """The MLflow run of this backbone's pretraining (experiment ``backbone_pretraining``), created once per store."""
     metrics = backbone.metrics
-    with _locked(backbone.weights.parent):
+    with exclusive(backbone.weights.parent / ".lock"):
         return record_finished_run(
             tracking_uri, PRETRAINING_EXPERIMENT, identity=("backbone_key", backbone.key), run_name=f"backbone {backbone.key}",
             params={"width": metrics["width"], **metrics["params"]},
@@ -234,15 +234,6 @@ def _all_cores() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-@contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on ``folder`` (created), held across processes until the block ends."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 def _write_atomically(path: Path, write: Any) -> None:
