@@ -113,21 +113,11 @@ def test_grid_sweep_trains_pairs_with_the_baseline_and_reuses_it(tmp_path: Path)
     assert parent2.data.metrics["trials_reused"] == 2 and parent2.data.metrics["trials_finished"] == 2
     assert "loss=ghmc_sl1" in second.stdout
 
-
-def test_a_finished_sweep_run_again_is_a_new_sweep_with_a_parent_run_of_its_own(tmp_path: Path) -> None:
-    log, uri = tmp_path / "executions.txt", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    command = ["curves.py", "-m", "x=0.1,0.2", f"log={log}", f"+mlflow_uri={uri}", f"+mlflow.tracking_uri={uri}",
-               "+mlflow.experiment_name=again", *places(tmp_path, "again")]
-    run(command, APPS)
-    second = run(command, APPS)
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("again").experiment_id
-    parents = client.search_runs([experiment], filter_string="tags.search = 'grid'", order_by=["attributes.start_time ASC"])
-    first_name = parents[0].data.tags["sweep_parent"]
-    assert f"sweep {first_name} already ran: this is a new sweep, {first_name}-2" in second.stdout + second.stderr
-    assert [p.data.tags["sweep_parent"] for p in parents] == [first_name, f"{first_name}-2"]
-    assert all(p.info.status == "FINISHED" and p.data.metrics["trials_finished"] == 2 for p in parents)
-    assert len(log.read_text().splitlines()) == 4  # the new sweep ran its trials, not the old one's results
+    # The first command again: that sweep finished, so this is a new one (its baselines reused), not its old results.
+    third = run(["launch.py", "-m", "loss=focal,ghm", "seed=0,1", *common, *places(tmp_path, "grid3")], ROOT)
+    assert f"sweep {parent.info.run_name} already ran: this is a new sweep, {parent.info.run_name}-2" in third.stdout + third.stderr
+    parent3 = client.search_runs([experiment], filter_string=f"tags.sweep_parent = '{parent.info.run_name}-2'")[0]
+    assert parent3.data.metrics["trials_reused"] == 2 and parent3.data.metrics["trials_finished"] == 2
 
 
 def test_search_then_confirm_the_best_setting_against_the_baseline_on_fresh_seeds(tmp_path: Path) -> None:

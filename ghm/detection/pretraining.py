@@ -58,7 +58,7 @@ class PretrainingParams:
     context: float = 1.3  # a digit's crop is its longer side times this (with jitter)
     backgrounds_per_image: int = 4
     holdout_fraction: float = 0.1  # of the images: crops for the reported accuracy, never trained on
-    epochs: int = 8
+    epochs: int = 10
     batch_size: int = 128
     lr: float = 0.05
     weight_decay: float = 5e-4
