@@ -15,12 +15,12 @@ $(STAMP): pyproject.toml
 main: $(STAMP)
 	$(VENV)/bin/python launch.py experiments=ghm_vs_focal
 
-# Four pytest-xdist workers on the 2 cores: most of the suite waits on processes it starts (Ray, MLflow, Hydra apps,
-# the compose stack; with two workers the cores were busy 45% of the time); tests/conftest.py keeps on one worker
-# what must not run at once.
+# Two pytest-xdist workers: most of the suite waits on processes it starts (Ray, MLflow, Hydra apps, the compose
+# stack), so two at a time fill the 2 cores (four oversubscribe them: slower, docs/benchmarks.md); tests/conftest.py
+# keeps on one worker what must not run at once.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -n 4 --dist loadgroup
+	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup
 
 # The edit-test loop: the unit tier, without the tests marked slow, cluster, browser or docker (pyproject.toml).
 test-fast: $(STAMP)

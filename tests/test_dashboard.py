@@ -218,6 +218,7 @@ def test_an_mlflow_server_shows_the_sweep_its_runs_metrics_and_dashboard(grid: d
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", grid["uri"],
                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], cwd=tmp_path,
+                              env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no GenAI job runners
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         wait_http(f"{base}/health", server)

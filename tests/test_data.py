@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +42,28 @@ def test_digits_det_is_deterministic_cached_and_coco_format(tmp_path: Path) -> N
     assert other.key() != SMALL.key()
 
 
-def test_a_dataset_another_process_is_generating_is_left_to_it_or_waited_for(tmp_path: Path,
-                                                                            caplog: pytest.LogCaptureFixture) -> None:
-    with exclusive(tmp_path / f".{SMALL.key()}.lock"):  # held as another process generating it holds it
-        assert ensure_digits_det(SMALL, tmp_path, wait=False) is None
-        assert not (tmp_path / SMALL.key()).exists()
+def test_a_dataset_another_process_is_generating_is_waited_for_not_made_twice(tmp_path: Path,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    holding, release = threading.Event(), threading.Event()
+
+    def other_process() -> None:  # holds the dataset's lock as a trial generating it does
+        with exclusive(tmp_path / f".{SMALL.key()}.lock"):
+            holding.set()
+            release.wait(60)
+
+    other = threading.Thread(target=other_process)
+    other.start()
+    holding.wait(60)
+    splits: dict = {}
+    waiting = threading.Thread(target=lambda: splits.update(ensure_digits_det(SMALL, tmp_path)))
     with caplog.at_level(logging.INFO, logger="ghm.data.digits_det"):
-        splits = ensure_digits_det(SMALL, tmp_path, wait=False)
-    assert splits is not None and len(json.loads(splits["val"].annotation_file.read_text())["images"]) == 6
+        waiting.start()
+        waiting.join(1.0)
+        assert waiting.is_alive() and not (tmp_path / SMALL.key()).exists()  # it waits while the other holds the lock
+        release.set()
+        other.join()
+        waiting.join(60)
+    assert len(json.loads(splits["val"].annotation_file.read_text())["images"]) == 6
     assert "generating Digits-Det (12 train + 6 val images, once" in caplog.text and "Digits-Det generated in" in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".{SMALL.key()}.lock", SMALL.key()]  # no staging folder left
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +12,10 @@ import torch
 from mlflow.tracking import MlflowClient
 from sklearn.datasets import load_digits
 
-from ghm import run as run_module
-from ghm.config import validate
 from ghm.data import digits_det
-from ghm.data.cache import exclusive
 from ghm.data.digits_det import DigitsDetParams, ensure_digits_det, scan_pool
 from ghm.detection import pretraining
 from ghm.detection.pretraining import BACKGROUND, PretrainingParams, ensure_pretrained_backbone, make_crops, record_in_mlflow
-from tests.conftest import SMALL_DATA, compose_config
 
 DATA = DigitsDetParams(train_images=6, val_images=6, image_size=96, max_digit_size=40, seed=1)
 TINY = PretrainingParams(images=12, epochs=1, batch_size=32)
@@ -105,36 +99,3 @@ def test_the_pretraining_is_recorded_once_per_store(tmp_path: Path) -> None:
     assert {a.path for a in client.list_artifacts(run_id)} == {"backbone.pt", "metrics.json"}
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
-
-def test_a_trial_trains_the_backbone_while_another_generates_the_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    run = validate(compose_config([*SMALL_DATA, f"paths.cache_dir={tmp_path}"]))
-    dataset = Path(run.data.cache_dir) / run_module._fields(run.data, DigitsDetParams).key()
-    calls: list[bool] = []
-
-    def backbone(_: object) -> str:
-        calls.append(dataset.exists())  # whether the dataset was there when the backbone was asked for
-        return "backbone"
-
-    monkeypatch.setattr(run_module, "pretrained_backbone", backbone)
-    assert run_module.prepare_inputs(run)[1] == "backbone" and calls == [True]  # alone: the dataset first, then the backbone
-    shutil.rmtree(dataset)
-    calls.clear()
-    holding, release = threading.Event(), threading.Event()
-
-    def other_trial() -> None:  # holds the dataset's lock as a trial generating it does, until the backbone was asked for
-        with exclusive(dataset.with_name(f".{dataset.name}.lock")):
-            holding.set()
-            release.wait(60)
-
-    thread = threading.Thread(target=other_trial)
-    thread.start()
-    holding.wait(60)
-    def backbone_then_release(run: object) -> str:
-        release.set()
-        return backbone(run)
-
-    monkeypatch.setattr(run_module, "pretrained_backbone", backbone_then_release)
-    data, pretrained = run_module.prepare_inputs(run)
-    thread.join()
-    assert pretrained == "backbone" and calls == [False]  # the backbone while the other held the dataset, and once
-    assert len(data.train) == 24 and len(data.val) == 12

@@ -258,17 +258,11 @@ def _write_split(params: DigitsDetParams, split: str, count: int, seed: int, roo
     (root / "annotations" / f"{split}.json").write_text(json.dumps(document))
 
 
-def ensure_digits_det(params: DigitsDetParams, cache_dir: str | os.PathLike[str], *,
-                      wait: bool = True) -> dict[str, CocoSplit] | None:
-    """Generate the dataset once per parameter set; return its train and val splits.
-
-    With ``wait=False``, ``None`` at once when another process is generating it.
-    """
+def ensure_digits_det(params: DigitsDetParams, cache_dir: str | os.PathLike[str]) -> dict[str, CocoSplit]:
+    """Generate the dataset once per parameter set (parallel trials wait for the one generating it); return its splits."""
     root = Path(cache_dir) / params.key()
     if not (root / "params.json").exists():
-        with exclusive(Path(cache_dir) / f".{params.key()}.lock", wait=wait) as held:
-            if not held:
-                return None
+        with exclusive(Path(cache_dir) / f".{params.key()}.lock"):
             if not (root / "params.json").exists():
                 _generate(params, root)
     return {split: CocoSplit(root / split, root / "annotations" / f"{split}.json") for split in ("train", "val")}
