@@ -8,7 +8,7 @@ imbalance GHM addresses is really there.
 
 The 1797 scans are split once, per class, into a training pool and a validation pool
 (:func:`scan_pool`): the val split draws only from the validation pool, the train split and the
-backbone pretraining (:mod:`ghm.pretraining`) only from the training pool, so no handwriting the
+backbone pretraining (:mod:`ghm.detection.pretraining`) only from the training pool, so no handwriting the
 detector is evaluated on was ever seen in training.
 
 Generation is deterministic in its parameters and writes a COCO-format dataset (PNG images and
