@@ -65,9 +65,7 @@ class Pairing:
         """Whether a trial's swept values (or a run's choices) select the baseline, or the sweep fixes it (``loss=focal``)."""
         if self.baseline_key is None:
             return False
-        if self.baseline_key in params:
-            return str(params[self.baseline_key]) == self.baseline_value
-        return any(line.split("=", 1) == [self.baseline_key, self.baseline_value] for line in fixed)
+        return str(_given(self.baseline_key, params, fixed)) == self.baseline_value
 
     def is_baseline_run(self, config: DictConfig, choices: Mapping[str, Any]) -> bool:
         """Whether a composed config is the baseline: its group choice (``loss=focal``) or its value of the key."""
@@ -84,12 +82,9 @@ class Pairing:
 
     def value_of(self, params: Mapping[str, Any], fixed: Sequence[str], config: DictConfig) -> int | None:
         """A trial's value of the pairing key: swept, fixed on the command line (``seed=3``), or the task's default."""
-        if self.pair_by in params:
-            return int(params[self.pair_by])
-        for line in fixed:
-            if line.startswith(f"{self.pair_by}="):
-                return int(line.split("=", 1)[1])
-        value = OmegaConf.select(config, self.pair_by, default=None)
+        value = _given(self.pair_by, params, fixed)
+        if value is None:
+            value = OmegaConf.select(config, self.pair_by, default=None)
         return int(value) if value is not None else None
 
     def setting_label(self, params: Mapping[str, Any]) -> str:
@@ -124,3 +119,10 @@ def _drop(container: dict[str, Any], dotted: str) -> None:
         if not isinstance(container, dict):
             return
     container.pop(last, None)
+
+
+def _given(key: str, params: Mapping[str, Any], fixed: Sequence[str]) -> Any:
+    """A key's value as a sweep gives it: swept (``params``), or fixed on the command line (``key=value``); else None."""
+    if key in params:
+        return params[key]
+    return next((line.split("=", 1)[1] for line in fixed if line.startswith(f"{key}=")), None)
