@@ -39,7 +39,7 @@ TABLES = (
     PaperTable("ghm_vs_focal", "GHM-C + GHM-R against focal loss (the main job)", "loss=focal",
                (FOCAL, PaperRow("loss=ghm", "GHM-C + GHM-R", 37.0)),
                "FL: paper and official README; GHM-C + GHM-R: official README (mmdetection-based code)"),
-    PaperTable("ghm_halves", "GHM's halves against focal loss (8 epochs; focal + GHM-R has no paper number)", "loss=focal",
+    PaperTable("ghm_halves", "GHM's halves against focal loss (focal + GHM-R has no paper number)", "loss=focal",
                (FOCAL, PaperRow("loss=ghmc_sl1", "GHM-C + SL1", 35.8)),
                "paper and official README"),
     PaperTable("paper_cls_losses", "Classification losses (boxes: smooth L1)", "loss=focal",
