@@ -11,6 +11,8 @@ from ghm.comparison.pairing import Pairing
 from ghm.comparison.record import FAILED, FINISHED, PRUNED, REUSED, VERSION, SweepRecord, TrialRecord
 from ghm.comparison.regime import Regime
 from ghm.comparison.settings import best_params, compare_settings, confirmation_points
+from ghm.dashboard.charts import leaderboard
+from ghm.dashboard.source import SweepView, settings_of
 from ghm.sweep.config import SweeperConf
 from ghm.sweep.engine import search_kind, sweep_name
 from ghm.sweep.search import OPTUNA_NUMBER, GridSearch, OptunaSearch
@@ -165,3 +167,14 @@ def test_a_setting_answered_by_an_earlier_run_is_compared_like_one_run_now() -> 
     trials = [trial(0, "focal", 0, 0.30, REUSED), trial(1, "focal", 1, 0.32), trial(2, "ghm", 0, 0.28, REUSED), trial(3, "ghm", 1, 0.31)]
     (comparison,) = compare_settings(trials, FOCAL)
     assert comparison.seeds == (0, 1) and comparison.differences == pytest.approx((-0.02, -0.01))
+
+
+def test_the_leaderboard_ranks_the_baseline_at_a_difference_of_zero() -> None:
+    trials = [trial(0, "focal", 0, 0.30), trial(1, "focal", 1, 0.34), trial(2, "ghm", 0, 0.02), trial(3, "ghm", 1, 0.03),
+              trial(4, "ce", 0, 0.35), trial(5, "ce", 1, 0.36), trial(6, "bce", 2, 0.5)]
+    record = SweepRecord("s", "grid", "mAP", "maximize", FOCAL, trials, compare_settings(trials, FOCAL))
+    view = SweepView(record=record, experiment="e", parent_run_id="p", settings=settings_of(record))
+    rows, forest = leaderboard(view)
+    assert [r["setting"] for r in rows] == ["loss=ce", "loss=focal", "loss=ghm", "loss=bce"]  # bce: no seed of the baseline's
+    assert rows[0]["diff"] == pytest.approx(0.035) and rows[2]["diff"] == pytest.approx(-0.295) and rows[1]["diff"] is None
+    assert list(forest.data[0].y) == ["loss=ghm", "loss=ce"]  # the forest plot draws bottom-up: best on top

@@ -102,3 +102,17 @@ def test_a_table_whose_baseline_does_not_detect_says_so(tmp_path: Path) -> None:
     store_sweep(client, "cls", ap50={"focal": [0.10, 0.12, 0.11]})
     report = build_report(client, (TABLE,))
     assert "AP50 0.110 (0.100-0.120) over 3 seeds.\n\nWARNING: the baseline's AP50 is below 0.5: it does not really detect" in report
+
+
+def test_a_setting_the_paper_has_no_number_for_follows_with_ours_alone(tmp_path: Path) -> None:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    extra = {"fl_ghmr": [0.08, 0.07, 0.09]}
+    store_sweep(client, "cls", {**MAP, **extra})
+    report = build_report(client, (TABLE,))
+    cells = row(report, "`loss=fl_ghmr`")
+    interval = stats.ttest_rel(extra["fl_ghmr"], MAP["focal"]).confidence_interval()
+    difference = np.subtract(extra["fl_ghmr"], MAP["focal"]).mean()
+    assert cells[1:3] == ["—", "—"] and cells[3].startswith(f"{np.mean(extra['fl_ghmr']) * 100:.1f} [") and cells[4] == "3"
+    assert cells[5] == f"{difference * 100:+.1f} [{interval.low * 100:+.1f}, {interval.high * 100:+.1f}]"
+    assert report.index("| GHM-C (`loss=ghmc_sl1`)") < report.index("| `loss=fl_ghmr`")  # after the paper's rows
+    assert "(of 3;" in report  # no paper number, no ordering

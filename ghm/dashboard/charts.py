@@ -28,7 +28,11 @@ OPTUNA_STATES = {FINISHED: optuna.trial.TrialState.COMPLETE, REUSED: optuna.tria
 
 
 def leaderboard(view: SweepView) -> tuple[list[dict[str, Any]], go.Figure]:
-    """Rows best first (by paired difference, then by mean objective), and the differences as a forest plot."""
+    """Rows best first, and the differences as a forest plot.
+
+    Ranked by paired difference, the baseline at its own difference of 0 (a setting worse than the
+    baseline ranks below it), then settings without a paired difference by mean objective.
+    """
     record = view.record
     sign = 1 if record.direction == "maximize" else -1
     by_setting = {c.setting: c for c in record.comparisons}
@@ -42,8 +46,11 @@ def leaderboard(view: SweepView) -> tuple[list[dict[str, Any]], go.Figure]:
                      "diff_low": comparison.t_low if comparison else None,
                      "diff_high": comparison.t_high if comparison else None,
                      "pairs": comparison.n if comparison else 0})
-    rows.sort(key=lambda r: (r["diff"] is None, -sign * (r["diff"] if r["diff"] is not None else 0),
-                             -sign * (r["mean"] if not math.isnan(r["mean"]) else -math.inf * sign)))
+    def rank(row: dict[str, Any]) -> tuple[bool, float, float]:
+        diff = 0.0 if row["baseline"] else row["diff"]
+        return diff is None, -sign * (diff or 0.0), -sign * (row["mean"] if not math.isnan(row["mean"]) else -math.inf * sign)
+
+    rows.sort(key=rank)
     compared = [r for r in rows if r["diff"] is not None][::-1]
     figure = go.Figure(go.Scatter(
         x=[r["diff"] for r in compared], y=[r["setting"] for r in compared], mode="markers", marker={"size": 10},

@@ -2,7 +2,8 @@
 
 For every row: the paper's AP and its difference from the table's baseline, our mAP (mean over
 seeds, 95% t interval) and our paired difference from the same baseline (95% t interval), all in
-AP points (mAP x 100) so the two read alike. For every pair of rows the paper orders, whether our
+AP points (mAP x 100) so the two read alike; settings the sweep measured that the paper has no
+number for follow, with ours alone. For every pair of rows the paper orders, whether our
 paired difference confirms the order, contradicts it, or cannot tell. Each table states the regime
 it was measured in (the baseline's mAP and AP50): an ordering found on detectors that do not
 detect says nothing.
@@ -114,14 +115,11 @@ def table_section(client: MlflowClient, table: PaperTable) -> str:
               f"| setting | paper AP | paper Δ vs {table.row(table.baseline).name} | our mAP x100 (95% CI) | seeds | "
               f"our paired Δ (95% t CI) |", "|---|---:|---:|---:|---:|---:|"]
     for row in table.rows:
-        ours = settings.get(row.setting)
-        if ours is None or not ours.objectives:
-            lines.append(f"| {row.name} (`{row.setting}`) | {row.ap:.1f} | {row.ap - paper_baseline:+.1f} | not measured | 0 | |")
-            continue
-        mean, low, high = ours.interval()
-        diff = "baseline" if row.setting == table.baseline else _difference(_paired(ours, baseline, row.setting))
-        lines.append(f"| {row.name} (`{row.setting}`) | {row.ap:.1f} | {row.ap - paper_baseline:+.1f} | {mean * POINTS:.1f} "
-                     f"{_interval(low, high)} | {len(ours.objectives)} | {diff} |")
+        lines.append(_row(f"{row.name} (`{row.setting}`)", f"{row.ap:.1f} | {row.ap - paper_baseline:+.1f}", row.setting,
+                          settings.get(row.setting), table.baseline, baseline))
+    papered = {row.setting for row in table.rows}
+    for setting in sorted(set(view.settings) - papered):  # measured by the sweep beside the paper's rows: no paper number
+        lines.append(_row(f"`{setting}`", "— | —", setting, view.settings[setting], table.baseline, baseline))
     found = orderings(table, settings)
     counts = {verdict: sum(o.verdict == verdict for o in found) for verdict in ("confirmed", "contradicted", "not resolved")}
     lines += ["", f"The paper's orderings here: {counts['confirmed']} confirmed, {counts['contradicted']} contradicted, "
@@ -129,6 +127,15 @@ def table_section(client: MlflowClient, table: PaperTable) -> str:
     lines += [f"- {o.low} < {o.high} (paper: +{o.paper_gap:.1f}): {o.verdict}"
               + (f", ours {o.ours.mean * POINTS:+.1f} {_interval(o.ours.t_low, o.ours.t_high)}" if o.ours else "") for o in found]
     return "\n".join([*lines, ""])
+
+
+def _row(label: str, paper: str, setting: str, ours: Setting | None, table_baseline: str, baseline: Setting | None) -> str:
+    """One table row: the paper's cells as given, then our mean over seeds and paired difference from the baseline."""
+    if ours is None or not ours.objectives:
+        return f"| {label} | {paper} | not measured | 0 | |"
+    mean, low, high = ours.interval()
+    diff = "baseline" if setting == table_baseline else _difference(_paired(ours, baseline, setting))
+    return f"| {label} | {paper} | {mean * POINTS:.1f} {_interval(low, high)} | {len(ours.objectives)} | {diff} |"
 
 
 def _difference(comparison: PairedComparison | None) -> str:
