@@ -116,3 +116,11 @@ def test_a_setting_the_paper_has_no_number_for_follows_with_ours_alone(tmp_path:
     assert cells[5] == f"{difference * 100:+.1f} [{interval.low * 100:+.1f}, {interval.high * 100:+.1f}]"
     assert report.index("| GHM-C (`loss=ghmc_sl1`)") < report.index("| `loss=fl_ghmr`")  # after the paper's rows
     assert "(of 3;" in report  # no paper number, no ordering
+
+
+def test_a_table_the_paper_orders_nothing_in_says_so(tmp_path: Path) -> None:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store_sweep(client, "cls")
+    report = build_report(client, (PaperTable("cls", "Ours alone", "loss=focal", (PaperRow("loss=focal", "FL", 35.6),), "paper"),))
+    assert "The paper orders none of these settings" in report and "orderings here" not in report
+    assert row(report, "`loss=ghmc_sl1`")[5].startswith(f"{np.subtract(MAP['ghmc_sl1'], MAP['focal']).mean() * 100:+.1f} [")

@@ -52,4 +52,6 @@ TABLES = (
     PaperTable("paper_reg_losses", "Regression losses (classification: GHM-C)", "loss=ghmc_sl1",
                (PaperRow("loss=ghmc_sl1", "SL1", 35.8), PaperRow("loss=ghmc_asl1", "ASL1", 35.7), PaperRow("loss=ghm", "GHM-R", 36.4)),
                "paper"),
+    PaperTable("reg_losses_focal", "Regression losses with focal loss for the scores (no paper number: the paper's table uses GHM-C)",
+               "loss=focal", (FOCAL,), "paper (FL + SL1)"),
 )

@@ -121,6 +121,8 @@ def table_section(client: MlflowClient, table: PaperTable) -> str:
     for setting in sorted(set(view.settings) - papered):  # measured by the sweep beside the paper's rows: no paper number
         lines.append(_row(f"`{setting}`", "— | —", setting, view.settings[setting], table.baseline, baseline))
     found = orderings(table, settings)
+    if not found:
+        return "\n".join([*lines, "", "The paper orders none of these settings: the differences are ours alone.", ""])
     counts = {verdict: sum(o.verdict == verdict for o in found) for verdict in ("confirmed", "contradicted", "not resolved")}
     lines += ["", f"The paper's orderings here: {counts['confirmed']} confirmed, {counts['contradicted']} contradicted, "
               f"{counts['not resolved']} not resolved (of {len(found)}; paired 95% t interval of the difference).", ""]
