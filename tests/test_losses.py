@@ -17,6 +17,7 @@ from ghm.losses import (
     FocalLoss,
     SmoothL1Loss,
 )
+from ghm.losses.ghm import _weighted_bce_sum
 from ghm.losses.reference import LoopGHMC, LoopGHMR
 
 
@@ -343,3 +344,17 @@ def test_box_losses_of_a_batch_without_foreground_are_zero(loss: torch.nn.Module
     value = loss(pred, torch.zeros(0, 4), torch.zeros(0, 4))
     value.backward()
     assert value.item() == 0.0 and pred.grad.shape == (0, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_cpu_bce_value_is_torchs_to_rounding_over_every_logit_range(dtype: torch.dtype) -> None:
+    logits = torch.cat([torch.linspace(-120, 120, 4001, dtype=dtype), torch.tensor([0.0, 1e-30, -1e-8, 16.6, 88.5], dtype=dtype)])
+    for target in (torch.zeros_like(logits), torch.ones_like(logits), torch.full_like(logits, 0.3)):
+        weights = torch.rand(logits.shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
+        elementwise = torch.stack([_weighted_bce_sum(x[None], t[None], w[None]) for x, t, w in zip(logits, target, weights, strict=True)])
+        x, t, w = logits.double(), target.double(), weights.double()
+        exact = (x.clamp(min=0) - x * t + torch.log1p(torch.exp(-x.abs()))) * w  # in float64, log1p itself
+        # to a few ulps of the value (torch's own float32 BCE loses the smallest values entirely)
+        torch.testing.assert_close(elementwise.double(), exact, rtol=8 * torch.finfo(dtype).eps, atol=1e-6 * float(dtype == torch.float32))
+        total = F.binary_cross_entropy_with_logits(logits, target, weight=weights, reduction="sum")
+        torch.testing.assert_close(_weighted_bce_sum(logits, target, weights), total, rtol=1e-6, atol=0.0)

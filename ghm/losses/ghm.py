@@ -25,6 +25,24 @@ def _upcast(tensor: Tensor) -> Tensor:
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
+def _weighted_bce_sum(logits: Tensor, target: Tensor, weights: Tensor) -> Tensor:
+    """``sum(weights * BCE(logits, target))``, the value of ``F.binary_cross_entropy_with_logits(..., reduction="sum")``.
+
+    On the CPU torch's ``log1p`` (inside BCE's log-sigmoid) is not vectorised: at COCO scale it was
+    half of GHM-C's time. There ``max(x, 0) - x t + log1p(e)``, e = exp(-|x|), takes log1p from the
+    vectorised ``log`` by Goldberg's identity ``log1p(e) = e log(u) / (u - 1)``, u = 1 + e (a few ulps;
+    e itself where u rounds to 1). Only the value: GHM-C's gradient is computed in closed form.
+    """
+    if logits.device.type != "cpu":
+        return F.binary_cross_entropy_with_logits(logits, target, weight=weights, reduction="sum")
+    e = logits.abs().neg_().exp_()
+    u = e + 1
+    rounds_to_one = u == 1
+    log1p = torch.log(u).mul_(e).div_(u.sub_(1))
+    log1p = torch.where(rounds_to_one, e, log1p)
+    return logits.clamp(min=0).sub_(logits * target).add_(log1p).mul_(weights).sum()
+
+
 class _LossWithGradient(torch.autograd.Function):
     """A loss value whose gradient with respect to ``pred`` was computed alongside it.
 
@@ -104,7 +122,7 @@ class GHMC(_GHMLoss):
             valid = label_weight > 0
             weights, tot = self.density(grad_bce.abs(), valid, valid.sum(dtype=torch.float64))
             scale = self._scale(tot)
-            value = F.binary_cross_entropy_with_logits(logits, target, weight=weights, reduction="sum") * scale
+            value = _weighted_bce_sum(logits, target, weights) * scale
             grad_pred = grad_bce.mul_(weights).mul_(scale)
         return _LossWithGradient.apply(value, pred, grad_pred)
 
