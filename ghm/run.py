@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -29,6 +30,8 @@ from ghm.detection.schedule import base_lr
 from ghm.tracking.run import RunTracker
 from ghm.tracking.store import default_tracking_uri
 from ghm.tracking.version import code_version
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -119,9 +122,13 @@ def build_model(run: RunConfig, num_classes: int, backbone_weights: str | None =
 
 def pretrained_backbone(run: RunConfig) -> PretrainedBackbone:
     """The embedded pretraining stage's backbone for this run's Digits-Det look and width (trained once, cached)."""
-    params = PretrainingParams(**{f.name: getattr(run.pretrain, f.name) for f in dataclasses.fields(PretrainingParams)})
-    data = DigitsDetParams(**{f.name: getattr(run.data, f.name) for f in dataclasses.fields(DigitsDetParams)})
-    return ensure_pretrained_backbone(params, data, run.model.width, Path(run.pretrain.cache_dir))
+    return ensure_pretrained_backbone(_fields(run.pretrain, PretrainingParams), _fields(run.data, DigitsDetParams),
+                                      run.model.width, Path(run.pretrain.cache_dir))
+
+
+def _fields(config: object, params: type[T]) -> T:
+    """The parameters ``params`` (a dataclass) read from a config node that holds them among other keys."""
+    return params(**{f.name: getattr(config, f.name) for f in dataclasses.fields(params)})
 
 
 def build_optimizer(run: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
