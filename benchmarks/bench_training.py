@@ -3,8 +3,9 @@
 Builds ``retinanet_tiny`` (CPU) or ``retinanet_r50_fpn`` (``--model``) once per loss pair from the
 same seed, feeds every pair the same Digits-Det batch, and times forward + backward + SGD step
 (median of ``--repeats`` interleaved rounds after warm-up). Prints the step time, images/s and the ratio against
-the focal baseline for: focal + smooth L1, GHM-C + GHM-R (the paper's density over the whole
-batch), the same per FPN level (the official code's calls), and GHM-C with the exact density.
+the focal baseline for: focal + smooth L1, GHM-C + GHM-R with the official code's calls (per FPN level and per
+group of 2 images, ``ghm_scope=official``), the same over the whole batch (the paper's density), per FPN level over
+the batch, and GHM-C with the exact density.
 
     python benchmarks/bench_training.py [--model retinanet_tiny] [--batch 8] [--repeats 10] [--amp]
 """
@@ -24,10 +25,11 @@ from ghm.detection.model import build_detector
 from ghm.losses import GHMC, GHMR, FocalLoss, SmoothL1Loss
 
 PAIRS = {
-    "focal + smooth L1": (lambda: FocalLoss(), lambda: SmoothL1Loss(), False),
-    "GHM-C + GHM-R": (lambda: GHMC(30, 0.75), lambda: GHMR(0.02, 10, 0.7, 10.0), False),
-    "GHM-C + GHM-R per level": (lambda: GHMC(30, 0.75), lambda: GHMR(0.02, 10, 0.7, 10.0), True),
-    "GHM-C exact + GHM-R": (lambda: GHMC(30, density="exact"), lambda: GHMR(0.02, 10, 0.7, 10.0), False),
+    "focal + smooth L1": (lambda: FocalLoss(), lambda: SmoothL1Loss(), "whole_batch"),
+    "GHM-C + GHM-R official": (lambda: GHMC(30, 0.75), lambda: GHMR(0.02, 10, 0.7, 10.0), "official"),
+    "GHM-C + GHM-R whole batch": (lambda: GHMC(30, 0.75), lambda: GHMR(0.02, 10, 0.7, 10.0), "whole_batch"),
+    "GHM-C + GHM-R per level": (lambda: GHMC(30, 0.75), lambda: GHMR(0.02, 10, 0.7, 10.0), "per_level"),
+    "GHM-C exact + GHM-R": (lambda: GHMC(30, density="exact"), lambda: GHMR(0.02, 10, 0.7, 10.0), "whole_batch"),
 }
 
 
@@ -69,10 +71,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, {args.model}, batch {args.batch} "
           f"x {args.image_size}px, {'AMP, ' if scaler.is_enabled() else ''}median of {args.repeats} steps")
     models = {}
-    for name, (cls, reg, per_level) in PAIRS.items():
+    for name, (cls, reg, scope) in PAIRS.items():
         torch.manual_seed(0)
         model = build_detector(dataset.num_classes, cls(), reg(), backbone=backbone, anchor_sizes=anchors, min_size=args.image_size,
-                               max_size=args.image_size, per_level=per_level).to(device).train()
+                               max_size=args.image_size, ghm_scope=scope, images_per_step=args.batch).to(device).train()
         models[name] = (model, torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9))
     times: dict[str, list[float]] = {name: [] for name in models}
     for round_ in range(args.repeats + 2):  # interleaved, so drift of the machine hits every pair alike

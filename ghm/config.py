@@ -22,6 +22,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ghm.data.digits_det import DigitsDetParams
 from ghm.detection.backbones import RESNETS
+from ghm.detection.model import GHM_SCOPES
 from ghm.detection.pretraining import PretrainingParams
 
 
@@ -132,7 +133,8 @@ class ModelConfig:
     head_convs: int = 2  # convolutions per head branch (retinanet_tiny; RetinaNet's is 4)
     min_size: int = 128
     max_size: int = 128
-    per_level: bool = False
+    ghm_scope: str = "official"  # which examples share one GHM density: official | per_level | whole_batch (ghm.detection.model)
+    ghm_group_images: int = 2  # official: images per density estimate, one GPU's of the paper's 8 x 2
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_img: int = 100
@@ -141,9 +143,10 @@ class ModelConfig:
     def validate(self) -> None:
         _choice("model.name", self.name, ("retinanet_tiny", "retinanet_r50_fpn", "retinanet_r101_fpn"))
         _choice("model.backbone", self.backbone, ("tiny", *RESNETS))
+        _choice("model.ghm_scope", self.ghm_scope, GHM_SCOPES)
         _require((self.backbone == "tiny") == (self.name == "retinanet_tiny"), "model.backbone",
                  "tiny for retinanet_tiny and a ResNet for the others", f"{self.backbone} with model.name={self.name}")
-        for key in ("width", "fpn_channels", "min_size", "max_size", "detections_per_img"):
+        for key in ("width", "fpn_channels", "min_size", "max_size", "detections_per_img", "ghm_group_images"):
             _require(getattr(self, key) >= 1, f"model.{key}", "an integer >= 1", getattr(self, key))
         _require(1 <= self.head_convs <= 4, "model.head_convs", "in [1, 4]", self.head_convs)
         _require(self.max_size >= self.min_size, "model.max_size", f">= model.min_size ({self.min_size})", self.max_size)
@@ -361,6 +364,10 @@ def validate(cfg: DictConfig) -> RunConfig:
                           f"got {type(sections['pretrain']).__name__}")
     for key in ("model", "data", "pretrain", "train"):
         sections[key].validate()
+    if sections["model"].ghm_scope == "official":
+        _require(sections["train"].batch_size % sections["model"].ghm_group_images == 0, "train.batch_size",
+                 f"a multiple of model.ghm_group_images ({sections['model'].ghm_group_images}: model.ghm_scope=official cuts "
+                 "each step's images into groups of that size)", sections["train"].batch_size)
     if isinstance(sections["pretrain"], DigitsPretrainConfig):
         _require(isinstance(sections["data"], DigitsDataConfig) and sections["model"].backbone == "tiny", "pretrain",
                  "imagenet (with pretrain.weights) or none unless data=digits and the tiny backbone (pretrain=digits trains "

@@ -75,7 +75,7 @@ def build_job(run: RunConfig, pairing: Pairing, choices: Mapping[str, str], proc
     data: DetectionData = instantiate_labelled(run.raw.data)
     pretrained = pretrained_backbone(run) if isinstance(run.pretrain, DigitsPretrainConfig) else None
     backbone_weights = str(pretrained.weights) if pretrained else getattr(run.pretrain, "weights", None)
-    model = build_model(run, data.train.num_classes, backbone_weights).to(device)
+    model = build_model(run, data.train.num_classes, backbone_weights, cfg.batch_size // processes.world_size).to(device)
     sampler = DistributedSampler(data.train, num_replicas=processes.world_size, rank=processes.rank, shuffle=True, seed=run.seed,
                                  drop_last=True)
     loader = DataLoader(data.train, batch_size=cfg.batch_size // processes.world_size, sampler=sampler, collate_fn=collate,
@@ -109,14 +109,18 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     return torch.device(name)
 
 
-def build_model(run: RunConfig, num_classes: int, backbone_weights: str | None = None) -> GHMRetinaNet:
-    """The detector with the configured losses and backbone start, its initial weights drawn from the run's seed alone."""
+def build_model(run: RunConfig, num_classes: int, backbone_weights: str | None = None, images_per_step: int | None = None) -> GHMRetinaNet:
+    """The detector with the configured losses and backbone start, its initial weights drawn from the run's seed alone.
+
+    ``images_per_step`` (one process's) sizes the groups of ``model.ghm_scope=official``; default ``train.batch_size``.
+    """
     cls_loss = instantiate_labelled(run.raw.loss.cls)
     reg_loss = instantiate_labelled(run.raw.loss.reg)
     with torch.random.fork_rng(devices=[]):  # the seed fixes the weights without touching the process's random state
         torch.manual_seed(run.seed)
         return instantiate_labelled(run.raw.model, num_classes=num_classes, cls_loss=cls_loss, reg_loss=reg_loss,
                                     backbone_weights=backbone_weights, frozen_stages=run.pretrain.frozen_stages,
+                                    images_per_step=images_per_step or run.train.batch_size,
                                     norm_eval=run.pretrain.norm_eval, _convert_="all")
 
 

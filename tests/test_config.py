@@ -77,7 +77,7 @@ def test_backbone_start_errors_name_the_key(overrides: str, match: str) -> None:
     ("override", "match"),
     [
         ("train.epochs=abc", "train.epochs"),
-        ("model.per_level=maybe", "model.per_level"),
+        ("model.ghm_group_images=two", "model.ghm_group_images"),
         ("train.lr=fast", "train.lr"),
     ],
 )
@@ -105,6 +105,8 @@ def test_unknown_keys_fail_at_composition(override: str) -> None:
         (["model.name=yolo"], "model.name must be one of retinanet_tiny, retinanet_r50_fpn, retinanet_r101_fpn, got 'yolo'"),
         (["model.min_size=256", "model.max_size=128"], "model.max_size must be >= model.min_size (256)"),
         (["model.anchor_sizes=[]"], "model.anchor_sizes must be a non-empty list"),
+        (["model.ghm_scope=per_gpu"], "model.ghm_scope must be one of official, per_level, whole_batch, got 'per_gpu'"),
+        (["model.ghm_group_images=3"], "train.batch_size must be a multiple of model.ghm_group_images (3: model.ghm_scope=official"),
         (["data.min_contrast=2.0"], "data.min_contrast must be in (0, 1]"),
         (["data.max_digit_size=500"], "data.max_digit_size must be between"),
         (["device=tpu"], "device must be auto, cpu, cuda or cuda:N"),
@@ -178,7 +180,7 @@ def test_config_files_agree_with_their_classes_defaults_or_document_the_recipe(o
 
 def test_the_model_schema_keeps_the_builders_defaults() -> None:
     schema = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in dataclasses.fields(ModelConfig)}
-    from_pretrain_group = {"backbone_weights", "frozen_stages", "norm_eval"}  # given by ghm.run.build_model
+    from_pretrain_group = {"backbone_weights", "frozen_stages", "norm_eval", "images_per_step"}  # given by ghm.run.build_model
     for key, default in config_defaults(ModelConfig._target_).items():
         if key in from_pretrain_group:
             continue

@@ -51,7 +51,7 @@ def test_forward_and_backward_never_synchronise_with_the_host(make) -> None:
 def test_an_amp_training_step_stays_finite(pair: str) -> None:
     torch.manual_seed(0)
     cls, reg = (FocalLoss(), SmoothL1Loss()) if pair == "focal" else (GHMC(30, 0.75), GHMR(0.02, 10, 0.7, 10.0))
-    model = build_detector(10, cls, reg, min_size=128, max_size=128).cuda().train()
+    model = build_detector(10, cls, reg, min_size=128, max_size=128, images_per_step=4).cuda().train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     scaler = torch.amp.GradScaler("cuda")
     images = [torch.rand(3, 128, 128, device="cuda") for _ in range(4)]

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from ghm.detection.model import build_detector, load_weights
 from ghm.detection.schedule import lr_factor, set_lr_factor
+from ghm.detection.telemetry import observed_loss_inputs
 from ghm.detection.training import NonFiniteLossError, train
 from ghm.losses import GHMC, GHMR, FocalLoss, SmoothL1Loss
 from ghm.run import Job
@@ -115,33 +116,83 @@ def test_loss_decreases_on_digits_det(tmp_path: Path, tracking_uri: str, loss: s
     assert last < 0.6 * first, losses
 
 
-def test_per_level_calls_ghm_once_per_fpn_level() -> None:
-    calls = {"cls": 0, "reg": 0}
-    cls, reg = GHMC(bins=30), GHMR()
-    cls.register_forward_hook(lambda *_: calls.__setitem__("cls", calls["cls"] + 1))
-    reg.register_forward_hook(lambda *_: calls.__setitem__("reg", calls["reg"] + 1))
-    images = [torch.rand(3, 96, 96), torch.rand(3, 96, 96)]
-    targets = [{"boxes": torch.tensor([[10.0, 10.0, 30.0, 40.0]]), "labels": torch.tensor([2])},
-               {"boxes": torch.tensor([[50.0, 20.0, 70.0, 44.0]]), "labels": torch.tensor([5])}]
-    for per_level, expected in ((False, 1), (True, 4)):
-        torch.manual_seed(0)
-        model = build_detector(10, cls, reg, anchor_sizes=[12, 24, 48, 96], min_size=96, max_size=96,
-                               per_level=per_level).train()
-        calls.update(cls=0, reg=0)
-        model(images, targets)
-        assert calls == {"cls": expected, "reg": expected}
+def _two_digit_batch(images: int, seed: int = 0) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """``images`` random pictures, each with two digits' boxes (the second image's boxes moved against the first's)."""
+    generator = torch.Generator().manual_seed(seed)
+    pictures = [torch.rand(3, 96, 96, generator=generator) for _ in range(images)]
+    targets = [{"boxes": torch.tensor([[10.0 + 5 * i, 10.0, 30.0 + 5 * i, 40.0], [50.0, 20.0 + 3 * i, 70.0, 44.0 + 3 * i]]),
+                "labels": torch.tensor([2 + i, 5])} for i in range(images)]
+    return pictures, targets
+
+
+@pytest.mark.parametrize(("scope", "calls"), [("whole_batch", 1), ("per_level", 4), ("official", 8)])
+def test_ghm_scope_calls_ghm_once_per_group_and_fpn_level(scope: str, calls: int) -> None:
+    seen = {"cls": 0, "reg": 0}
+    images, targets = _two_digit_batch(4)
+    torch.manual_seed(0)
+    model = build_detector(10, GHMC(bins=30), GHMR(), anchor_sizes=[12, 24, 48, 96], min_size=96, max_size=96,
+                           ghm_scope=scope, ghm_group_images=2, images_per_step=4).train()
+    for loss, key in ((model.cls_loss, "cls"), (model.reg_loss, "reg"), *((m, "cls") for m in model.cls_loss_groups),
+                      *((m, "reg") for m in model.reg_loss_groups)):
+        loss.register_forward_hook(lambda *_, key=key: seen.__setitem__(key, seen[key] + 1))
+    model(images, targets)
+    assert seen == {"cls": calls, "reg": calls}
+    assert len(model.cls_loss_groups) == (1 if scope == "official" else 0)  # 4 images in groups of 2: one copy beside cls_loss
+
+
+def test_official_scope_is_the_mean_over_groups_of_per_level_sums_each_with_its_own_ema() -> None:
+    """The official wiring recomputed from the whole batch's loss inputs: fresh GHM modules per group (one GPU's EMA each),
+    called per FPN level on that group's images, levels summed, groups averaged, over two steps (the EMA carries over)."""
+    from copy import deepcopy
+
+    cls, reg = GHMC(bins=30, momentum=0.75), GHMR(momentum=0.7, loss_weight=10.0)
+    reference = [(deepcopy(cls), deepcopy(reg)) for _ in range(2)]
+    torch.manual_seed(0)
+    model = build_detector(10, cls, reg, anchor_sizes=[12, 24, 48, 96], min_size=96, max_size=96,
+                           ghm_scope="official", ghm_group_images=2, images_per_step=4).train()
+    for step in range(2):
+        images, targets = _two_digit_batch(4, seed=step)
+        with observed_loss_inputs(model) as seen:
+            losses = model(images, targets)
+        whole = seen[0]
         levels = model.anchor_generator.num_anchors_per_level
-        assert sum(levels) == cls.stats.g.shape[0] // 2 if not per_level else len(levels) == 4
+        anchors = sum(levels)
+        foreground = whole.cls_targets.reshape(4, anchors, -1).sum(-1) > 0  # [image, anchor]
+        box_rows = torch.cumsum(foreground.reshape(-1).long(), 0).reshape(4, anchors) - 1  # row of each fg anchor in box_*
+        expected_cls, expected_reg = [], []
+        for group, (group_cls, group_reg) in enumerate(reference):
+            per_level_cls, per_level_reg = [], []
+            start = 0
+            for size in levels:
+                rows = [i * anchors + a for i in (2 * group, 2 * group + 1) for a in range(start, start + size)]
+                fg = [int(box_rows[i, a]) for i in (2 * group, 2 * group + 1) for a in range(start, start + size) if foreground[i, a]]
+                per_level_cls.append(group_cls(whole.cls_logits[rows], whole.cls_targets[rows], whole.cls_weights[rows]))
+                per_level_reg.append(group_reg(whole.box_deltas[fg], whole.box_targets[fg], whole.box_weights[fg]))
+                start += size
+            expected_cls.append(sum(per_level_cls))
+            expected_reg.append(sum(per_level_reg))
+        torch.testing.assert_close(losses["classification"], sum(expected_cls) / 2, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(losses["bbox_regression"], sum(expected_reg) / 2, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(model.cls_loss_groups[0].density.acc_sum, reference[1][0].density.acc_sum)
+    assert not torch.equal(model.cls_loss.density.acc_sum, model.cls_loss_groups[0].density.acc_sum)  # each group its own EMA
 
 
-def test_per_level_for_baselines_is_the_whole_batch() -> None:
-    images = [torch.rand(3, 96, 96)]
-    targets = [{"boxes": torch.tensor([[10.0, 10.0, 30.0, 40.0]]), "labels": torch.tensor([2])}]
+def test_official_scope_refuses_a_batch_it_cannot_group() -> None:
+    model = build_detector(10, GHMC(), GHMR(), min_size=96, max_size=96, ghm_scope="official", ghm_group_images=2,
+                           images_per_step=4).train()
+    images, targets = _two_digit_batch(3)
+    with pytest.raises(ValueError, match="groups of 2 images"):
+        model(images, targets)
+
+
+@pytest.mark.parametrize("scope", ["per_level", "official"])
+def test_baseline_losses_see_the_whole_batch_in_every_scope(scope: str) -> None:
+    images, targets = _two_digit_batch(2)
     values = []
-    for per_level in (False, True):
+    for chosen in ("whole_batch", scope):
         torch.manual_seed(0)
         model = build_detector(10, FocalLoss(), SmoothL1Loss(), anchor_sizes=[12, 24, 48, 96],
-                               min_size=96, max_size=96, per_level=per_level).train()
+                               min_size=96, max_size=96, ghm_scope=chosen, images_per_step=2).train()
         values.append({k: v.item() for k, v in model(images, targets).items()})
     assert values[0] == values[1]
 
