@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from ghm.comparison.pairing import Pairing
 from ghm.comparison.record import FAILED, FINISHED, PRUNED, REUSED, VERSION, SweepRecord, TrialRecord
 from ghm.comparison.regime import Regime
-from ghm.comparison.settings import best_params, compare_settings, confirmation_points
+from ghm.comparison.settings import best_params, compare_settings, confirmation_points, fresh_seed
 from ghm.dashboard.charts import leaderboard
 from ghm.dashboard.source import SweepView, settings_of
 from ghm.sweep.config import SweeperConf
@@ -88,10 +88,11 @@ def test_the_best_setting_is_ranked_by_paired_difference_in_the_sweeps_direction
 
 def test_confirmation_takes_fresh_seeds_for_the_best_setting_and_the_baseline() -> None:
     trials = [trial(0, "focal", 0, 0.3), trial(1, "ghm", 4, 0.4)]
-    points = confirmation_points({"loss": "ghm", "bins": 10, "seed": 4}, trials, FOCAL, 2)
+    assert fresh_seed(trials) == 5 and fresh_seed([]) == 0
+    points = confirmation_points({"loss": "ghm", "bins": 10, "seed": 4}, FOCAL, [5, 6])
     assert points == [{"loss": "ghm", "bins": 10, "seed": 5}, {"loss": "ghm", "bins": 10, "seed": 6},
                       {"loss": "focal", "seed": 5}, {"loss": "focal", "seed": 6}]
-    assert confirmation_points({"x": 1}, [], Pairing(), 1) == [{"x": 1, "seed": 0}]  # no baseline declared
+    assert confirmation_points({"x": 1}, Pairing(), [0]) == [{"x": 1, "seed": 0}]  # no baseline declared
 
 
 def test_a_sweeps_name_follows_its_definition_and_the_search_its_grammar() -> None:
@@ -129,7 +130,7 @@ def test_the_record_is_versioned_and_reads_back() -> None:
     trials[2].error = "ValueError: x"
     record = SweepRecord("s", "grid", "mAP", "maximize", FOCAL, trials, compare_settings(trials, FOCAL))
     document = record.to_json()
-    assert document["version"] == VERSION == 2
+    assert document["version"] == VERSION == 3
     assert SweepRecord.from_json(document) == record
     legacy = {k: v for k, v in document.items() if k in ("trials", "comparisons")}  # version 1: written before the contract
     old = SweepRecord.from_json(legacy, {"name": "s", "metric": "mAP", "direction": "maximize", "baseline": "loss=focal"})

@@ -1,4 +1,5 @@
-"""The dashboard's charts: the leaderboard and its forest plot, per-epoch curves, Optuna's plots, the gradient-norm figures.
+"""The dashboard's charts: the leaderboard and its forest plot, per-epoch curves, a tuned comparison's tuning curves, Optuna's
+plots, the gradient-norm figures.
 
 Each chart is a function of the :class:`~ghm.dashboard.source.SweepView` (and the MLflow client for
 what the runs logged) returning a Plotly figure, or a note saying why it is not drawn.
@@ -93,6 +94,27 @@ def curves(client: MlflowClient, view: SweepView, metric: str) -> go.Figure | No
     if not figure.data:
         return None
     figure.update_layout(title=f"{metric} per epoch (mean ± sd over seeds)", xaxis_title="epoch", yaxis_title=metric)
+    return figure
+
+
+def tuning_curves(record: SweepRecord) -> go.Figure | None:
+    """A tuned comparison's arms: each search trial's mean over the tuning seeds, and the best so far, against the trial number.
+
+    Equal budgets show as curves of equal length; a curve still climbing at its end says the budget was too small.
+    """
+    if not record.tuning:
+        return None
+    figure = go.Figure()
+    for index, arm in enumerate(record.tuning):
+        colour = _palette(index)
+        trials = list(range(1, len(arm.curve) + 1))
+        figure.add_trace(go.Scatter(x=trials, y=arm.curve, mode="lines", line={"color": colour, "shape": "hv"},
+                                    name=f"{arm.name}: best so far", legendgroup=arm.name))
+        finished = [(i, t.mean) for i, t in enumerate(arm.trials, start=1) if t.mean is not None]
+        figure.add_trace(go.Scatter(x=[i for i, _ in finished], y=[m for _, m in finished], mode="markers", name=f"{arm.name}: trial",
+                                    marker={"color": colour, "size": 7, "opacity": 0.6}, legendgroup=arm.name))
+    figure.update_layout(title=f"Tuning curves: {record.metric} (mean over the tuning seeds) against the search trial, per arm",
+                         xaxis_title="search trial (budget used)", yaxis_title=record.metric)
     return figure
 
 

@@ -19,8 +19,8 @@ import plotly.graph_objects as go
 from mlflow.tracking import MlflowClient
 from plotly.offline import get_plotlyjs
 
-from ghm.comparison.record import SweepRecord
-from ghm.dashboard.charts import curves, gradient_figures, leaderboard, optuna_figures, study_of
+from ghm.comparison.record import SweepRecord, TrialRecord
+from ghm.dashboard.charts import curves, gradient_figures, leaderboard, optuna_figures, study_of, tuning_curves
 from ghm.dashboard.source import SweepView
 
 STATE_COLOURS = {"finished": "#1a7f37", "reused": "#0969da", "pruned": "#9a6700", "failed": "#cf222e"}
@@ -33,12 +33,16 @@ def render(client: MlflowClient, view: SweepView, optuna_storage: str | None = N
     best = next((r["setting"] for r in rows if not r["baseline"] and r["diff"] is not None), None) or \
         next((r["setting"] for r in rows if not r["baseline"] and r["seeds"]), None)
     plots: list[tuple[str, go.Figure | str]] = [("Paired differences", forest)] if any(r["diff"] is not None for r in rows) else []
+    tuned = tuning_curves(record)
+    if tuned is not None:
+        plots.append(("Tuning curves", tuned))
     for metric in (record.metric, "train_loss"):
         figure = curves(client, view, metric)
         if figure is not None:
             plots.append((f"{metric} curves", figure))
-    plots += list(optuna_figures(study_of(record, optuna_storage)).items())
-    sections = [_leaderboard_html(rows, record), *(_plot_html(i, title, fig) for i, (title, fig) in enumerate(plots)),
+    if not record.tuning:  # a tuned comparison's arms search different spaces: its tuning curves stand for Optuna's plots
+        plots += list(optuna_figures(study_of(record, optuna_storage)).items())
+    sections = [_leaderboard_html(rows, record), _tuning_html(record), *(_plot_html(i, title, fig) for i, (title, fig) in enumerate(plots)),
                 _figures_html(gradient_figures(client, view, best)), _trials_html(record)]
     verdict = _verdict(rows, record)
     return _PAGE.format(title=html.escape(f"{record.name} — {view.experiment}"), plotly=get_plotlyjs(),
@@ -81,6 +85,33 @@ def _leaderboard_html(rows: list[dict[str, Any]], record: SweepRecord) -> str:
             f"<th>trials</th></tr></thead><tbody>{''.join(body)}</tbody></table></section>")
 
 
+def _tuning_html(record: SweepRecord) -> str:
+    """How fair the verdict is: each arm's budget, search space, best settings and warnings; and the notes on every verdict."""
+    notes = "".join(f'<p class="note">{html.escape(note)}</p>' for note in record.notes)
+    if not record.tuning:
+        return f'<section id="provenance"><h2>How the settings were chosen</h2>{notes}</section>' if notes else ""
+    rows = []
+    for arm in record.tuning:
+        counts = ", ".join(f"{n} {state}" for state, n in arm.counts.items() if n)
+        space = "<br>".join(html.escape(f"{key}: {_space(value)}") for key, value in arm.space.items())
+        best = "<br>".join(html.escape(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}") for k, v in (arm.best or {}).items())
+        warnings = "".join(f'<div class="warning">{html.escape(w)}</div>' for w in arm.warnings)
+        rows.append(f"<tr><td>{html.escape(arm.name)}</td><td>{html.escape(' '.join(arm.overrides))}</td>"
+                    f"<td>{arm.budget} x {len(arm.seeds)} seeds ({html.escape(counts)})</td><td>{space}</td>"
+                    f"<td>{_number(arm.best_value)}</td><td>{best or 'n/a'}</td><td>{warnings}</td></tr>")
+    return ('<section id="tuning"><h2>Tuned arms</h2><table id="arms"><thead><tr><th>arm</th><th>overrides</th><th>budget</th>'
+            "<th>searched</th><th>best (tuning seeds)</th><th>best settings</th><th>warnings</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>{notes}</section>")
+
+
+def _space(encoded: dict[str, Any]) -> str:
+    """An Optuna distribution's JSON as a range, e.g. ``[0.005, 0.16] log``."""
+    attributes = encoded.get("attributes", {})
+    if "choices" in attributes:
+        return "{" + ", ".join(map(str, attributes["choices"])) + "}"
+    return f"[{attributes.get('low')}, {attributes.get('high')}]" + (" log" if attributes.get("log") else "")
+
+
 def _plot_html(index: int, title: str, figure: go.Figure | str) -> str:
     if isinstance(figure, str):
         return f'<section><h2>{html.escape(title)}</h2><p class="note">{html.escape(figure)}</p></section>'
@@ -102,11 +133,19 @@ def _trials_html(record: SweepRecord) -> str:
     rows = []
     for trial in sorted(record.trials, key=lambda t: t.number):
         colour = STATE_COLOURS.get(trial.state, "#666")
-        rows.append(f"<tr><td>{trial.number}</td><td>{html.escape(record.pairing.setting_label(trial.params))}</td><td>{trial.seed}</td>"
+        rows.append(f"<tr><td>{trial.number}</td><td>{html.escape(record.pairing.setting_label(trial.params))}</td>"
+                    f"<td>{html.escape(_role(trial))}</td><td>{trial.seed}</td>"
                     f'<td><span class="state" style="background:{colour}">{trial.state}</span></td>'
                     f"<td>{_number(trial.objective)}</td><td>{html.escape(trial.error or '')}</td></tr>")
-    return ('<section><h2>Trials</h2><table id="trials"><thead><tr><th>#</th><th>setting</th><th>seed</th><th>state</th>'
+    return ('<section><h2>Trials</h2><table id="trials"><thead><tr><th>#</th><th>setting</th><th>role</th><th>seed</th><th>state</th>'
             f"<th>objective</th><th>error</th></tr></thead><tbody>{''.join(rows)}</tbody></table></section>")
+
+
+def _role(trial: TrialRecord) -> str:
+    """A tuned comparison's job: its arm's search trial, or its best's confirmation; other sweeps' trials have none."""
+    if trial.arm is None:
+        return ""
+    return f"{trial.arm}: search trial {trial.search_trial}" if trial.search_trial is not None else f"{trial.arm}: confirmation"
 
 
 _PAGE = """<!DOCTYPE html>
@@ -120,6 +159,7 @@ th, td {{ border-bottom: 1px solid #d0d7de; padding: .35rem .5rem; text-align: l
 tr.baseline {{ background: #ddf4ff; }}
 .state {{ color: white; border-radius: 4px; padding: 0 .35rem; margin-right: .2rem; white-space: nowrap; }}
 .note {{ color: #656d76; font-style: italic; }}
+.warning {{ color: #9a6700; font-weight: 600; }}
 .side-by-side {{ display: flex; gap: 1rem; }} .figures {{ flex: 1; }} .figures img {{ width: 100%; }}
 </style>
 <script>{plotly}</script></head>

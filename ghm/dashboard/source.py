@@ -17,6 +17,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from ghm.comparison.record import FINISHED, REUSED, SweepRecord
+from ghm.comparison.settings import setting_of
 from ghm.comparison.statistics import paired_t_interval
 
 
@@ -67,10 +68,15 @@ def load_sweep(client: MlflowClient, experiment: str, sweep: str | None = None) 
 
 
 def settings_of(record: SweepRecord) -> dict[str, Setting]:
-    """The record's trials grouped by setting, with each setting's final objective per seed."""
+    """The record's trials grouped by setting, with each setting's final objective per seed.
+
+    A tuned comparison's search trials are no settings of the verdict (its arms' tuning shows them): left out.
+    """
     settings: dict[str, Setting] = {}
     for trial in record.trials:
-        label = record.pairing.setting_label(trial.params)
+        if trial.search_trial is not None:
+            continue
+        label = setting_of(trial, record.pairing)
         setting = settings.setdefault(label, Setting(label, trial.baseline))
         setting.states[trial.state] = setting.states.get(trial.state, 0) + 1
         if trial.state in (FINISHED, REUSED) and trial.objective is not None and trial.seed is not None:

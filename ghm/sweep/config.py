@@ -129,6 +129,33 @@ class PrunerSettings:
 
 
 @dataclass
+class ArmConf:
+    """One arm of a tuned comparison: what it is (the scientific choice) and the nuisance it alone searches."""
+
+    overrides: list[str] = field(default_factory=list)  # e.g. [loss=ghm]: every job of the arm gets them
+    params: dict[str, str] = field(default_factory=dict)  # the arm's own nuisance space (hydra.sweeper.params' grammar), same budget
+
+
+@dataclass
+class TuningSettings:
+    """How each arm of a tuned comparison is searched: the same sampler, pruner and budget for every arm."""
+
+    budget: int = 16  # search trials per arm, each run on every tuning seed; pruned and failed ones count against it
+    seeds: list[int] = field(default_factory=lambda: [0, 1])  # a search trial's value is its mean over these seeds
+
+
+@dataclass
+class SequentialSettings:
+    """Confirmation seeds added in batches until the interval excludes 0, at planned looks with a corrected level."""
+
+    enabled: bool = False
+    batch: int = 3  # seeds added at each look after the first (confirm_seeds)
+    max_seeds: int = 15  # fixed in advance: the last look
+    boundary: str = "pocock"  # pocock | obrien_fleming | bonferroni (ghm.comparison.power)
+    alpha: float = 0.05  # the overall two-sided level over every look
+
+
+@dataclass
 class TrackingSettings:
     """The sweep's MLflow parent run: none unless the task declares an experiment."""
 
@@ -175,6 +202,11 @@ class SweeperConf:
     pair_ignore: list[str] = field(default_factory=list)  # config keys that never make two runs differ (paths, tracking)
     reuse: str = "baselines"  # baselines | finished: which grid points a finished run of the identical config answers
     confirm_seeds: int = 0  # re-run the best setting and the baseline on this many fresh values of pair_by
+    arms: dict[str, ArmConf] = field(default_factory=dict)  # a tuned comparison: each arm searches params (+ its own) with `tuning`
+    tuning: TuningSettings = field(default_factory=TuningSettings)
+    sequential: SequentialSettings = field(default_factory=SequentialSettings)
+    effect_of_interest: float | None = None  # a difference worth detecting: each verdict says how many seeds detect it
+    fixed_settings_for: str | None = None  # which arm the task's fixed settings were chosen for (e.g. loss=focal): said by untuned verdicts
     resume: bool = True
     mlflow: TrackingSettings = field(default_factory=TrackingSettings)
     ray: RaySettings = field(default_factory=RaySettings)
@@ -197,3 +229,41 @@ class SweeperConf:
             raise ValueError(f"hydra.sweeper.reuse must be baselines or finished, got {self.reuse!r}")
         if not 0.0 <= self.max_failure_rate <= 1.0:
             raise ValueError(f"hydra.sweeper.max_failure_rate must be in [0, 1], got {self.max_failure_rate}")
+        if self.effect_of_interest is not None and self.effect_of_interest <= 0:
+            raise ValueError(f"hydra.sweeper.effect_of_interest must be > 0 (a difference worth detecting), got {self.effect_of_interest}")
+        sequential = self.sequential
+        if sequential.enabled:
+            if self.confirm_seeds < 2 and not self.arms:
+                raise ValueError("hydra.sweeper.sequential needs hydra.sweeper.confirm_seeds >= 2 (the first look)")
+            if sequential.batch < 1 or sequential.max_seeds < max(self.confirm_seeds, 2):
+                raise ValueError(f"hydra.sweeper.sequential: batch must be >= 1 and max_seeds >= confirm_seeds ({self.confirm_seeds}), "
+                                 f"got batch={sequential.batch}, max_seeds={sequential.max_seeds}")
+            if sequential.boundary not in ("pocock", "obrien_fleming", "bonferroni"):
+                raise ValueError("hydra.sweeper.sequential.boundary must be pocock, obrien_fleming or bonferroni, "
+                                 f"got {sequential.boundary!r}")
+            if not 0.0 < sequential.alpha < 1.0:
+                raise ValueError(f"hydra.sweeper.sequential.alpha must be in (0, 1), got {sequential.alpha}")
+        if self.arms:
+            self._check_arms()
+
+    def _check_arms(self) -> None:
+        """A tuned comparison: two arms or more, one of them the baseline, seeds to tune and to confirm on."""
+        if len(self.arms) < 2:
+            raise ValueError(f"hydra.sweeper.arms needs two arms or more to compare, got {list(self.arms)}")
+        if self.search == "grid":
+            raise ValueError("hydra.sweeper.arms tunes each arm with an Optuna search: hydra.sweeper.search must be auto or optuna")
+        if not self.baseline or not any(self.baseline in arm.overrides for arm in self.arms.values()):
+            raise ValueError(f"hydra.sweeper.baseline ({self.baseline!r}) must be one of the arms' overrides: "
+                             + "; ".join(f"{name}: {arm.overrides}" for name, arm in self.arms.items()))
+        for name, arm in self.arms.items():
+            if not arm.overrides:
+                raise ValueError(f"hydra.sweeper.arms.{name}.overrides must say what the arm is (e.g. [loss=ghm])")
+            shared = sorted(set(arm.params) & set(self.params))
+            if shared:
+                raise ValueError(f"hydra.sweeper.arms.{name}.params repeats {shared} of hydra.sweeper.params: give each key once")
+        if self.tuning.budget < 1 or not self.tuning.seeds or len(set(self.tuning.seeds)) != len(self.tuning.seeds):
+            raise ValueError(f"hydra.sweeper.tuning needs budget >= 1 and distinct seeds, got budget={self.tuning.budget}, "
+                             f"seeds={list(self.tuning.seeds)}")
+        if self.confirm_seeds < 2:
+            raise ValueError("hydra.sweeper.arms: each arm's best is confirmed on fresh seeds: hydra.sweeper.confirm_seeds must be >= 2, "
+                             f"got {self.confirm_seeds}")

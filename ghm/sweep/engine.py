@@ -6,6 +6,11 @@ grid or Optuna, :mod:`ghm.sweep.search`), takes baselines that already ran from 
 (:mod:`ghm.sweep.trials`), compares each setting with the declared baseline seed by seed
 (:mod:`ghm.comparison`), optionally confirms the best setting on fresh seeds, and reports on the
 console, on its MLflow parent run and in its dashboard (:mod:`ghm.sweep.report`).
+
+A tuned comparison (``hydra.sweeper.arms``) instead searches every arm's nuisance settings with the
+same sampler and budget, each search trial on every tuning seed (:class:`~ghm.sweep.search.ArmSearch`),
+then confirms each arm's best on fresh seeds and compares best against best, paired by seed. Either
+confirmation may add seeds in planned looks (``hydra.sweeper.sequential``, :mod:`ghm.comparison.power`).
 """
 
 from __future__ import annotations
@@ -14,23 +19,25 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.singleton import Singleton
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from ghm.comparison.pairing import Pairing
 from ghm.comparison.record import SweepRecord, TrialRecord
-from ghm.comparison.settings import best_params, compare_settings, confirmation_points
+from ghm.comparison.settings import best_params, compare_settings, confirmation_points, fresh_seed
 from ghm.sweep.baselines import reuse_finished
-from ghm.sweep.config import SweeperConf
+from ghm.sweep.config import ArmConf, SweeperConf
 from ghm.sweep.identity import SweepIdentity
 from ghm.sweep.parent_run import ParentRun
-from ghm.sweep.report import check_failures, report
-from ghm.sweep.search import GridSearch, OptunaSearch, Search
+from ghm.sweep.report import check_failures, provenance, report
+from ghm.sweep.search import ArmSearch, GridSearch, OptunaSearch, Search
 from ghm.sweep.space import SearchSpace, parse_search_space
 from ghm.sweep.trials import TaskJob, TrialSpec, failure_value, ray_session, run_trials
 from ghm.tracking.store import default_tracking_uri
@@ -39,7 +46,10 @@ log = logging.getLogger(__name__)
 
 
 def search_kind(settings: SweeperConf, space: SearchSpace) -> str:
-    """``grid`` or ``optuna``: with ``search: auto``, hydra-optuna-sweeper's ``params`` mean a search, command-line lists a grid."""
+    """``tuned`` with arms; else ``grid`` or ``optuna``: with ``search: auto``, hydra-optuna-sweeper's ``params`` mean a search,
+    command-line lists a grid."""
+    if settings.arms:
+        return "tuned"
     if settings.search != "auto":
         return settings.search
     searched = parse_search_space([], settings.params).sweeps if settings.params else ()
@@ -58,10 +68,16 @@ def state_dir(root_dir: Path) -> Path:
 
 def sweep_definition(settings: SweeperConf, space: SearchSpace, kind: str) -> dict[str, Any]:
     """What makes two sweeps the same question: their space, fixed overrides, search and comparison settings."""
-    return {"fixed": sorted(space.fixed), "sweeps": [o.input_line for o in space.sweeps], "mode": kind,
-            "n_trials": settings.n_trials, "baseline": settings.baseline, "confirm_seeds": settings.confirm_seeds,
-            "metric": settings.metric, "direction": settings.direction, "sampler": str(settings.sampler),
-            "pruning": [settings.pruner.enabled, settings.pruner.grace_period, settings.pruner.reduction_factor]}
+    definition = {"fixed": sorted(space.fixed), "sweeps": [o.input_line for o in space.sweeps], "mode": kind,
+                  "n_trials": settings.n_trials, "baseline": settings.baseline, "confirm_seeds": settings.confirm_seeds,
+                  "metric": settings.metric, "direction": settings.direction, "sampler": str(settings.sampler),
+                  "pruning": [settings.pruner.enabled, settings.pruner.grace_period, settings.pruner.reduction_factor]}
+    if settings.sequential.enabled:
+        definition["sequential"] = str(settings.sequential)
+    if kind == "tuned":
+        definition.update(arms={name: [arm.overrides, arm.params] for name, arm in settings.arms.items()},
+                          tuning=[settings.tuning.budget, list(settings.tuning.seeds)])
+    return definition
 
 
 def sweep_name(settings: SweeperConf, space: SearchSpace, kind: str) -> str:
@@ -95,7 +111,7 @@ class Sweep:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         parent = ParentRun.of(self.settings.mlflow, self.root_dir)
-        storage = self.study_storage() if kind == "optuna" else None
+        storage = self.study_storage() if kind in ("optuna", "tuned") else None
         identity = SweepIdentity.resolve(sweep_name(self.settings, space, kind),
                                          {**sweep_definition(self.settings, space, kind), "storage": storage},
                                          self.tune_storage(), explicit=bool(self.settings.study_name), resume=self.settings.resume,
@@ -107,17 +123,24 @@ class Sweep:
             parent.start(name, kind, self._definition(space, kind, name), identity.resuming)
         try:
             with ray_session(self.settings.ray):
-                search = self._search(space, kind, name, parent, storage)
-                trials = self._run(name, search, space.fixed, parent, sweep_dir, identity.resuming)
-                comparisons = compare_settings(trials, self.pairing)
-                if self.settings.confirm_seeds > 0:
-                    confirmed = self._confirm(trials, comparisons, space.fixed, name, parent, sweep_dir, identity.resuming)
-                    trials, comparisons = trials + confirmed, comparisons + compare_settings(confirmed, self.pairing)
+                if kind == "tuned":
+                    trials, comparisons, tuning, notes, searched = self._tuned(space, name, parent, storage, sweep_dir,
+                                                                               identity.resuming)
+                else:
+                    search = self._search(space, kind, name, parent, storage)
+                    trials = self._run(name, search, space.fixed, parent, sweep_dir, identity.resuming)
+                    comparisons, tuning, searched = self._compare(trials), [], search.space()
+                    notes = [note for note in (provenance(kind, self.settings, self.pairing),) if note]
+                    if self.settings.confirm_seeds > 0:
+                        confirmed, comparisons, looks = self._confirm(trials, comparisons, space.fixed, name, parent, sweep_dir,
+                                                                      identity.resuming)
+                        trials, comparisons, notes = trials + confirmed, self._compare(trials) + comparisons, notes + looks
             SweepIdentity.finish(self.tune_storage(), name)
             if parent:
                 parent.attach_runs(trials)
             record = SweepRecord(name=name, search=kind, metric=self.settings.metric, direction=self.settings.direction,
-                                 pairing=self.pairing, trials=trials, comparisons=comparisons, space=search.space())
+                                 pairing=self.pairing, trials=trials, comparisons=comparisons, space=searched, tuning=tuning,
+                                 notes=notes)
             report(record, parent, sweep_dir)
         except BaseException as err:
             if parent:
@@ -125,6 +148,10 @@ class Sweep:
             raise
         check_failures(record, self.settings.max_failure_rate)
         return record
+
+    def _compare(self, trials: list[TrialRecord], confidence: float = 0.95) -> list:
+        """Each setting of ``trials`` against the baseline, with the sweep's direction and difference of interest."""
+        return compare_settings(trials, self.pairing, self.settings.direction, self.settings.effect_of_interest, confidence)
 
     def _search(self, space: SearchSpace, kind: str, name: str, parent: ParentRun | None, storage: str | None) -> Search:
         if storage is not None:
@@ -157,17 +184,18 @@ class Sweep:
     def trial_environment(self, search: Search, parent: ParentRun | None) -> dict[str, str]:
         """What every trial must share with the driver wherever Ray runs it: where runs are tracked and the study lives."""
         environment = {"MLFLOW_TRACKING_URI": parent.tracking_uri if parent else default_tracking_uri(self.root_dir)}
-        if isinstance(search, OptunaSearch):
+        if isinstance(search, OptunaSearch):  # an arm's search too
             environment["OPTUNA_STORAGE"] = search.storage
         return environment
 
-    def _grid(self, points: dict[int, dict[str, Any]], fixed: tuple[str, ...], parent: ParentRun | None) -> GridSearch:
-        """A grid whose baseline points that already ran are reused, the others to run."""
+    def _grid(self, points: dict[int, dict[str, Any]], fixed: tuple[str, ...], parent: ParentRun | None,
+              arms: dict[int, str | None] | None = None) -> GridSearch:
+        """A grid whose baseline points that already ran are reused, the others to run (``arms``: a tuned confirmation's)."""
         reused = reuse_finished(points, fixed, self.pairing, parent, self._compose, self.settings.metric,
                                 lambda params: self.pairing.value_of(params, fixed, self.config),
                                 baselines_only=self.settings.reuse == "baselines") \
             if parent and (self.pairing.baseline or self.settings.reuse == "finished") else []
-        return GridSearch(points, reused)
+        return GridSearch(points, reused, arms)
 
     def _compose(self, overrides: list[str]) -> DictConfig:
         return self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
@@ -186,29 +214,130 @@ class Sweep:
         results = run_trials(experiment, spec, mode=self.mode, n_jobs=self.settings.n_jobs, ray=self.settings.ray,
                              pruner=self.settings.pruner, max_epochs=self.settings.max_epochs, storage=storage,
                              resume=resume)
-        results += search.settle({r.number for r in results})
+        results += search.settle({r.number for r in results}, Path(spec.completed_dir))
         ran = [TrialRecord(number=r.number, params=r.params, state=r.state, objective=r.objective,
                            seed=self.pairing.value_of(r.params, fixed, self.config), baseline=self.pairing.is_baseline(r.params, fixed),
-                           error=r.error) for r in results]
+                           error=r.error, arm=search.membership(r.number)[0], search_trial=search.membership(r.number)[1])
+               for r in results]
         return sorted(search.given() + ran, key=lambda t: t.number)
 
     def _confirm(self, trials: list[TrialRecord], comparisons: list, fixed: tuple[str, ...], name: str,
-                 parent: ParentRun | None, sweep_dir: Path, resume: bool) -> list[TrialRecord]:
+                 parent: ParentRun | None, sweep_dir: Path, resume: bool) -> tuple[list[TrialRecord], list, list[str]]:
         """The best setting and the baseline on ``confirm_seeds`` fresh seeds, paired: one noisy trial is no evidence."""
         params = best_params(trials, comparisons, self.pairing, self.settings.direction)
         if params is None:
             log.warning("no finished trial to confirm")
-            return []
-        points = confirmation_points(params, trials, self.pairing, self.settings.confirm_seeds)
-        first = max(t.number for t in trials) + 1  # confirmation trials continue the sweep's numbering
+            return [], [], []
+        log.info("confirming %s against the baseline on fresh seeds", self.pairing.setting_label(params))
+        return self._looks(lambda seeds: confirmation_points(params, self.pairing, seeds), fresh_seed(trials),
+                           max(t.number for t in trials) + 1, fixed, name, parent, sweep_dir, resume)
+
+    def _looks(self, points: Callable[[list[int]], list[dict[str, Any]]], first_seed: int, first_number: int, fixed: tuple[str, ...],
+               name: str, parent: ParentRun | None, sweep_dir: Path, resume: bool,
+               arm_of: Callable[[dict[str, Any]], str | None] = lambda point: None) -> tuple[list[TrialRecord], list, list[str]]:
+        """Confirmation: ``points(seeds)`` on ``confirm_seeds`` fresh seeds, then, with ``sequential``, more in planned looks
+        until every interval (at the look's corrected level) excludes 0 or the planned maximum is reached (``arm_of``: a
+        tuned comparison's arm of a point).
+
+        Returns the confirmation's trials, its comparisons and, for a sequential one, the note stating its rule and outcome.
+        """
+        from ghm.comparison.power import SequentialPlan, sequential_decision
+
+        sequential = self.settings.sequential
+        count = self.settings.confirm_seeds
+        plan = SequentialPlan.batches(count, sequential.batch, sequential.max_seeds, sequential.boundary, sequential.alpha) \
+            if sequential.enabled else None
         fixed = tuple(line for line in fixed if not line.startswith(f"{self.pairing.pair_by}="))
-        log.info("confirming %s against the baseline on %s", self.pairing.setting_label(params), [p[self.pairing.pair_by] for p in points])
-        grid = self._grid(dict(enumerate(points, start=first)), fixed, parent)
-        return self._run(f"{name}-confirm", grid, fixed, parent, sweep_dir, resume)
+        confirmed: list[TrialRecord] = []
+        done = 0
+        for look, seeds in enumerate(plan.seeds if plan else (count,), start=1):
+            number = max([first_number - 1, *(t.number for t in confirmed)]) + 1
+            numbered = dict(enumerate(points(list(range(first_seed + done, first_seed + seeds))), start=number))
+            grid = self._grid(numbered, fixed, parent, {n: arm_of(point) for n, point in numbered.items()})
+            confirmed += self._run(f"{name}-confirm" if look == 1 else f"{name}-confirm-look{look}", grid, fixed, parent, sweep_dir,
+                                   resume)
+            done = seeds
+            if plan is None:
+                return confirmed, self._compare(confirmed), []
+            level = plan.level_at(seeds)
+            comparisons = self._compare(confirmed, confidence=1 - level)
+            stops = bool(comparisons) and all(c.n == seeds and sequential_decision(c.differences, plan)[0] for c in comparisons)
+            if stops or look == len(plan.seeds):
+                note = (f"Sequential confirmation: {plan.describe()}; stopped at look {look} of {len(plan.seeds)} ({seeds} seeds): "
+                        f"{'every interval excludes 0' if stops else 'the planned maximum was reached'}; the intervals are at "
+                        f"that look's level ({1 - level:.4g})")
+                log.info(note)
+                return confirmed, comparisons, [note]
+            log.info("look %d of %d (%d seeds): an interval still includes 0 at level %.4g: %d more seeds", look, len(plan.seeds),
+                     seeds, level, plan.seeds[look] - seeds)
+        raise AssertionError("unreachable: the last look returns")
+
+    def _tuned(self, space: SearchSpace, name: str, parent: ParentRun | None, storage: str | None, sweep_dir: Path,
+               resume: bool) -> tuple[list[TrialRecord], list, list, list[str], dict[str, Any]]:
+        """Each arm searched with the same sampler and budget on the tuning seeds, then its best confirmed on fresh seeds.
+
+        Returns the trials (the searches' and the confirmation's), the comparisons of the arms' bests, each arm's
+        tuning, the notes saying how the verdict was reached, and the searched space (none for the record's own:
+        each arm's is in its tuning).
+        """
+        from ghm.comparison.tuning import confirmation_seeds, summarize_arm
+
+        assert storage is not None, "a tuned comparison keeps its arms' studies"
+        budget, seeds = self.settings.tuning.budget, list(self.settings.tuning.seeds)
+        stride = 2 * budget * len(seeds)  # each arm's job numbers, with room for search trials an interrupted sweep asked for
+        arms = {arm_name: self._arm(arm_name, arm, space) for arm_name, arm in self.settings.arms.items()}
+        trials: list[TrialRecord] = []
+        tuning = []
+        for index, (arm_name, (overrides, arm_space)) in enumerate(arms.items()):
+            search = ArmSearch(arm_name, overrides, arm_space, self.settings.sampler, storage, f"{name}-{arm_name}", budget, seeds,
+                               self.pairing.pair_by, index * stride, self.settings.metric)
+            log.info("tuning arm %s (%s): %d search trials x %d seeds over %s", arm_name, " ".join(self.settings.arms[arm_name].overrides),
+                     budget, len(seeds), ", ".join(arm_space.keys))
+            ran = self._run(f"{name}-{arm_name}", search, space.fixed, parent, sweep_dir, resume)
+            trials += ran
+            tuning.append(summarize_arm(arm_name, self.settings.arms[arm_name].overrides, budget, seeds, search.space(), ran,
+                                        self.settings.direction))
+        missing = [a.name for a in tuning if a.best is None]
+        if missing:
+            log.warning("no search trial of %s finished on every tuning seed: nothing of it to confirm", ", ".join(missing))
+        bests = {a.name: {**arms[a.name][0], **a.best} for a in tuning if a.best is not None}
+
+        def points(fresh: list[int]) -> list[dict[str, Any]]:
+            return [{**best, self.pairing.pair_by: seed} for best in bests.values() for seed in fresh]
+
+        def arm_of(point: dict[str, Any]) -> str:
+            return next(arm_name for arm_name, best in bests.items() if all(point.get(k) == v for k, v in best.items()))
+
+        confirmed, comparisons, looks = self._looks(points, confirmation_seeds(seeds, 1)[0], len(arms) * stride, space.fixed, name,
+                                                    parent, sweep_dir, resume, arm_of)
+        notes = [note for note in (provenance("tuned", self.settings, self.pairing), *looks) if note]
+        return trials + confirmed, comparisons, tuning, notes, {}
+
+    def _arm(self, name: str, arm: ArmConf, space: SearchSpace) -> tuple[dict[str, str], SearchSpace]:
+        """An arm's overrides as swept values (``{"loss": "ghm"}``) and its search space: the shared one and its own."""
+        overrides = {}
+        for override in OverridesParser.create().parse_overrides(list(arm.overrides)):
+            if override.is_sweep_override() or override.is_add() or override.is_delete():
+                raise ValueError(f"hydra.sweeper.arms.{name}.overrides must be plain key=value overrides, got {override.input_line!r}")
+            overrides[override.get_key_element()] = override.get_value_element_as_str()
+        own = parse_search_space([], dict(arm.params)).sweeps
+        arm_space = SearchSpace(fixed=(), sweeps=(*space.sweeps, *own))
+        clash = sorted(set(overrides) & set(arm_space.keys)) or sorted({o.get_key_element() for o in own} & set(space.keys))
+        if clash:
+            raise ValueError(f"hydra.sweeper.arms.{name}: {clash} given twice (an arm's overrides, its params and the shared space "
+                             "must not share a key)")
+        return overrides, arm_space
 
     def _definition(self, space: SearchSpace, kind: str, name: str) -> dict[str, Any]:
         """The parent run's params: how the sweep searches, and over what."""
+        arms: dict[str, Any] = {}
+        for arm_name, arm in self.settings.arms.items():
+            arms[f"arm.{arm_name}"] = " ".join(arm.overrides)
+            arms.update({f"arm.{arm_name}.space.{key}": value for key, value in arm.params.items()})
+        if arms:
+            arms.update({"tuning.budget": self.settings.tuning.budget, "tuning.seeds": list(self.settings.tuning.seeds),
+                         "confirm_seeds": self.settings.confirm_seeds})
         return {"search": kind, "metric": self.settings.metric, "direction": self.settings.direction, "n_trials": self.settings.n_trials,
-                "n_jobs": self.settings.n_jobs, "baseline": self.settings.baseline, "study_name": name,
+                "n_jobs": self.settings.n_jobs, "baseline": self.settings.baseline, "study_name": name, **arms,
                 **{f"space.{o.get_key_element()}": o.input_line.split("=", 1)[1] for o in space.sweeps},
                 **{f"fixed.{line.split('=', 1)[0].lstrip('+~')}": line.split("=", 1)[1] for line in space.fixed}}

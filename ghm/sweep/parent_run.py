@@ -2,7 +2,8 @@
 
 Trials nest their runs under it through MLflow's ``MLFLOW_RUN_CONTEXT`` (:func:`ghm.sweep.task.trial_tags`); at
 the end it gets each trial's state as a tag on the trial's run, the trial counts and the paired
-differences as metrics, ``comparison.txt``, ``sweep.json`` (the :class:`~ghm.comparison.record.SweepRecord`)
+differences as metrics (a tuned comparison's tuning curves too),
+``comparison.txt``, ``sweep.json`` (the :class:`~ghm.comparison.record.SweepRecord`)
 and ``dashboard.html``. A resumed sweep continues its parent run.
 """
 
@@ -12,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from ghm.comparison.record import FAILED, FINISHED, PRUNED, REUSED, STATES, SweepRecord, TrialRecord
@@ -97,6 +99,11 @@ class ParentRun:
                                ("diff_boot_high", c.boot_high), ("n", c.n)):
                 if not math.isnan(value):
                     self.client.log_metric(self.run_id, f"{key}/{metric_slug(c.setting)}", value)
+        for arm in record.tuning:  # each arm's tuning curve: MLflow's UI charts it against the search trial
+            curve = [Metric(f"tuning_best_so_far/{metric_slug(arm.name)}", value, 0, step)
+                     for step, value in enumerate(arm.curve, start=1) if value is not None]
+            if curve:
+                self.client.log_batch(self.run_id, metrics=curve)
         self.client.log_text(self.run_id, table, "comparison.txt")
         self.client.log_dict(self.run_id, record.to_json(), "sweep.json")
 

@@ -1,13 +1,19 @@
-"""The end of a sweep: the comparison table on the console, the parent run's records, the dashboard, the failure check."""
+"""The end of a sweep: the comparison table on the console, the parent run's records, the dashboard, the failure check.
+
+Under the table: the regime (how well the baseline itself detects), a tuned comparison's arms (budget,
+best settings, warnings about its search) and the notes on how the compared settings were chosen.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+from ghm.comparison.pairing import Pairing
 from ghm.comparison.record import FAILED, FINISHED, REUSED, STATES, SweepRecord
 from ghm.comparison.regime import Regime
 from ghm.comparison.statistics import format_table
+from ghm.sweep.config import SweeperConf
 from ghm.sweep.parent_run import ParentRun
 
 log = logging.getLogger(__name__)
@@ -19,6 +25,10 @@ def report(record: SweepRecord, parent: ParentRun | None, sweep_dir: Path) -> No
     regime = baseline_regime(record, parent)
     if regime:
         table = f"{table}\n{regime.line()}"
+    for arm in record.tuning:
+        table = "\n".join([table, f"Arm {arm.line()}", *arm.warnings])
+    if record.notes:
+        table = "\n".join([table, *record.notes])
     log.info("sweep done: %s", {state: sum(t.state == state for t in record.trials) for state in STATES})
     print(f"\n{table}\n")
     if parent is None:
@@ -29,13 +39,34 @@ def report(record: SweepRecord, parent: ParentRun | None, sweep_dir: Path) -> No
     parent.end()
 
 
+def provenance(kind: str, settings: SweeperConf, pairing: Pairing) -> str | None:
+    """How the compared settings were chosen, said under every verdict: a comparison at settings chosen for one arm
+    measures how well those settings suit the others (None without a baseline: no verdict)."""
+    if pairing.baseline is None:
+        return None
+    if kind == "tuned":
+        shared = ", ".join(settings.params) or "no shared parameter"
+        return (f"Tuned comparison: each arm ({', '.join(settings.arms)}) searched {shared} and its own parameters with the same "
+                f"sampler and budget ({settings.tuning.budget} trials x {len(settings.tuning.seeds)} tuning seeds); each arm's best "
+                f"was re-run on fresh seeds ({settings.confirm_seeds} first) and the verdict is best against best, paired by seed")
+    chosen = f" (chosen for {settings.fixed_settings_for})" if settings.fixed_settings_for else ""
+    if kind == "optuna":
+        return (f"Not a tuned comparison: only the candidates were searched ({settings.n_trials} trials); the baseline ran at the "
+                f"task's fixed settings{chosen}. A fair verdict tunes every arm alike: hydra.sweeper.arms")
+    return (f"Not a tuned comparison: every setting ran at the task's fixed settings{chosen}, so the differences say how well "
+            "those settings suit each setting. A fair verdict tunes every arm alike: hydra.sweeper.arms")
+
+
 def baseline_regime(record: SweepRecord, parent: ParentRun | None) -> Regime | None:
     """The baseline's final mAP and AP50 per seed, read from its MLflow runs (none without a baseline or tracking)."""
     if record.pairing.baseline is None or parent is None:
         return None
     runs = {t.seed: t.mlflow_run_id for t in record.trials
-            if t.baseline and t.state in (FINISHED, REUSED) and t.mlflow_run_id and t.seed is not None}
-    return Regime.from_runs(record.pairing.baseline, {seed: parent.client.get_run(run).data.metrics for seed, run in runs.items()})
+            if t.baseline and t.state in (FINISHED, REUSED) and t.mlflow_run_id and t.seed is not None and t.search_trial is None}
+    metrics = {seed: parent.client.get_run(run).data.metrics for seed, run in runs.items()}
+    if metrics and not any("AP50" in m for m in metrics.values()):
+        return None  # a task that reports no detection metrics has no detection regime
+    return Regime.from_runs(record.pairing.baseline, metrics)
 
 
 def _dashboard(parent: ParentRun, record: SweepRecord, output: Path) -> None:

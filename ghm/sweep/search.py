@@ -1,4 +1,5 @@
-"""How a sweep chooses its trials: a grid of the command line's values, or an Optuna search, behind one interface.
+"""How a sweep chooses its trials: a grid of the command line's values, an Optuna search, or one arm's search in a
+tuned comparison (Optuna's suggestions, each run on every tuning seed), behind one interface.
 
 A :class:`Search` gives Ray Tune what it needs to run its trials (a parameter space, a search
 algorithm or none, a number of samples) and reads back, from a Tune trial's config, which trial of
@@ -11,8 +12,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
+import statistics
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
@@ -72,10 +76,15 @@ class Search(ABC):
         """Whether any trial is left to run."""
         return True
 
+    def membership(self, number: int) -> tuple[str | None, int | None]:
+        """The tuned comparison's arm and search trial the trial ``number`` belongs to (none outside a tuned comparison)."""
+        return None, None
+
     @abstractmethod
-    def settle(self, known: set[int]) -> list[TrialResult]:
+    def settle(self, known: set[int], completed: Path) -> list[TrialResult]:
         """Once every trial has ended: close what an interrupted attempt left open in the search's own records,
-        and return the trials it finished that Ray Tune's restored state lost (``known``: the numbers Tune reported)."""
+        and return the trials it finished that Ray Tune's restored state lost (``known``: the numbers Tune reported;
+        ``completed``: the folder of each finished trial's record, ``<number>.json``)."""
 
 
 class GridSearch(Search):
@@ -84,10 +93,14 @@ class GridSearch(Search):
     name = "grid"
     prunable = False  # a grid is a comparison: every one of its runs finishes
 
-    def __init__(self, points: dict[int, dict[str, Any]], reused: list[TrialRecord] | None = None) -> None:
+    def __init__(self, points: dict[int, dict[str, Any]], reused: list[TrialRecord] | None = None,
+                 arms: dict[int, str | None] | None = None) -> None:
         self.points = points
         self.reused = list(reused or [])
         self.todo = sorted(set(points) - {t.number for t in self.reused})
+        self.arms = dict(arms or {})  # a tuned comparison's confirmation: each point's arm
+        for trial in self.reused:
+            trial.arm = self.arms.get(trial.number)
 
     def given(self) -> list[TrialRecord]:
         return list(self.reused)
@@ -95,7 +108,10 @@ class GridSearch(Search):
     def runs_any(self) -> bool:
         return bool(self.todo)
 
-    def settle(self, known: set[int]) -> list[TrialResult]:
+    def membership(self, number: int) -> tuple[str | None, int | None]:
+        return self.arms.get(number), None
+
+    def settle(self, known: set[int], completed: Path) -> list[TrialResult]:
         """A grid keeps no records beside Ray Tune's (its trials' numbers are fixed): nothing to settle."""
         return []
 
@@ -160,7 +176,7 @@ class OptunaSearch(Search):
     def space(self) -> dict[str, Any]:
         return {key: json.loads(distribution_to_json(d)) for key, d in self.search_space.distributions().items()}
 
-    def settle(self, known: set[int]) -> list[TrialResult]:
+    def settle(self, known: set[int], completed: Path) -> list[TrialResult]:
         """Fail the trials a killed sweep asked for and never ran; return those it finished after Tune's last snapshot.
 
         Ray Tune saves its state now and then: a trial told to the study just before the launcher was
@@ -170,14 +186,108 @@ class OptunaSearch(Search):
 
         states = {optuna.trial.TrialState.COMPLETE: FINISHED, optuna.trial.TrialState.PRUNED: PRUNED,
                   optuna.trial.TrialState.FAIL: FAILED}
-        study = optuna.load_study(study_name=self.study_name, storage=self.storage)
         lost = []
+        for trial in self._closed_trials():
+            if trial.number not in known and trial.state in states:
+                lost.append(TrialResult(trial.number, {k: trial.params[k] for k in self.search_space.keys}, states[trial.state],
+                                        trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None, None))
+        return lost
+
+    def _closed_trials(self) -> list[Any]:
+        """The study's trials that ran, after failing those an interrupted sweep asked for and never ran (no trial of the sweep)."""
+        import optuna
+
+        study = optuna.load_study(study_name=self.study_name, storage=self.storage)
+        ran = []
         for trial in study.get_trials(deepcopy=False):
             if trial.state == optuna.trial.TrialState.RUNNING:
                 log.warning("trial %d of study %s was asked for by an interrupted sweep and never ran: marked failed", trial.number,
                             self.study_name)
                 study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-            elif trial.number not in known and trial.state in states:
-                lost.append(TrialResult(trial.number, {k: trial.params[k] for k in self.search_space.keys}, states[trial.state],
-                                        trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None, None))
+            else:
+                ran.append(trial)
+        return ran
+
+
+class ArmSearch(OptunaSearch):
+    """One arm of a tuned comparison: Optuna suggests its nuisance values, and each suggestion runs on every tuning seed.
+
+    Ray Tune runs one job per (suggestion, seed) through its ``Repeater``; the study is told the mean over the seeds
+    when every seed finished, and the suggestion is pruned (or failed) when any seed was (or failed). The arm's
+    jobs are numbered from ``first_number``: suggestion ``t`` on the ``i``-th seed is ``first_number + t * seeds + i``.
+    """
+
+    def __init__(self, arm: str, overrides: dict[str, str], space: SearchSpace, sampler: dict[str, Any] | None, storage: str,
+                 study_name: str, budget: int, seeds: list[int], pair_by: str, first_number: int, metric: str) -> None:
+        super().__init__(space, sampler, storage, study_name, budget)
+        self.arm = arm
+        self.metric = metric
+        self.overrides = overrides
+        self.seeds = list(seeds)
+        self.pair_by = pair_by
+        self.first_number = first_number
+
+    def plan(self, metric: str, mode: str) -> TunePlan:
+        searcher = super().plan(metric, mode).search_alg
+        return TunePlan({}, seed_repeater(searcher, len(self.seeds)), self.n_trials * len(self.seeds))
+
+    def trial(self, config: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        from ray.tune.search.repeater import TRIAL_INDEX
+
+        index = int(config[TRIAL_INDEX])
+        number = self.first_number + int(config[OPTUNA_NUMBER]) * len(self.seeds) + index
+        return number, self._params({k: config[k] for k in self.search_space.keys}, index)
+
+    def _params(self, searched: dict[str, Any], index: int) -> dict[str, Any]:
+        return {**self.overrides, **searched, self.pair_by: self.seeds[index]}
+
+    def membership(self, number: int) -> tuple[str | None, int | None]:
+        return self.arm, (number - self.first_number) // len(self.seeds)
+
+    def settle(self, known: set[int], completed: Path) -> list[TrialResult]:
+        """As :meth:`OptunaSearch.settle`, per seed: a lost job's result is its own record (``completed/<number>.json``)."""
+        lost = []
+        for trial in self._closed_trials():
+            for index in range(len(self.seeds)):
+                number = self.first_number + trial.number * len(self.seeds) + index
+                record = completed / f"{number}.json"
+                if number in known or not record.is_file():
+                    continue
+                result = json.loads(record.read_text())
+                state = result.get("trial_state", FAILED)
+                lost.append(TrialResult(number, self._params({k: trial.params[k] for k in self.search_space.keys}, index), state,
+                                        result.get(self.metric) if state == FINISHED else None, result.get("error")))
         return lost
+
+
+
+def seed_repeater(searcher: Any, repeats: int) -> Any:
+    """Ray Tune's ``Repeater`` over ``searcher``, telling it a suggestion's state as well as its mean over the repeats.
+
+    Tune's own Repeater averages whatever each repeat reported last, an early epoch's value included when
+    a scheduler stopped it; here the searcher hears the mean only when every repeat finished, a failure
+    when one failed, and a pruned suggestion otherwise.
+    """
+    from ray.tune.search.repeater import Repeater
+
+    class SeedRepeater(Repeater):
+        def __init__(self) -> None:
+            super().__init__(searcher, repeat=repeats, set_index=True)
+            self._states: dict[str, str] = {}
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False, **kwargs: Any) -> None:
+            group = self._trial_id_to_group[trial_id]
+            state = FAILED if error else (result or {}).get("trial_state", PRUNED)
+            self._states[trial_id] = state
+            value = (result or {}).get(self.searcher.metric) if state == FINISHED else None
+            group.report(trial_id, math.nan if value is None else float(value))
+            if not group.finished_reporting():
+                return
+            states = [self._states[t] for t in group._trials]
+            if all(s == FINISHED for s in states):
+                mean = statistics.fmean(group.scores())
+                self.searcher.on_trial_complete(group.primary_trial_id, {self.searcher.metric: mean, "trial_state": FINISHED})
+            else:
+                self.searcher.on_trial_complete(group.primary_trial_id, None, error=FAILED in states)
+
+    return SeedRepeater()
