@@ -179,6 +179,8 @@ class DigitsDataConfig(DigitsDetParams):
         _require(0.0 <= self.occlusion_prob <= 1.0, "data.occlusion_prob", "in [0, 1]", self.occlusion_prob)
         _require(self.class_tail >= 0 and self.noise_std >= 0 and self.max_distractors >= 0, "data.class_tail/noise_std/max_distractors",
                  ">= 0", (self.class_tail, self.noise_std, self.max_distractors))
+        _require(0.0 <= self.unlabelled_fraction < 1.0, "data.unlabelled_fraction", "in [0, 1)", self.unlabelled_fraction)
+        _require(self.lookalikes >= 0, "data.lookalikes", "an integer >= 0", self.lookalikes)
 
 
 @dataclass
@@ -268,6 +270,7 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads; null: torch's default
     figures: bool = True
     resume: bool = True
+    ghm_state_warmup: int = 0  # batches through the starting detector (no update) that fill GHM's EMA of counts: a warm start
 
     def validate(self) -> None:
         for key in ("epochs", "batch_size", "lr_reference_batch", "eval_every"):
@@ -288,6 +291,7 @@ class TrainConfig:
                  ">= 1 or null", self.max_iters_per_epoch)
         _require(self.num_workers >= 0, "train.num_workers", ">= 0", self.num_workers)
         _require(self.threads is None or self.threads >= 1, "train.threads", ">= 1 or null", self.threads)
+        _require(self.ghm_state_warmup >= 0, "train.ghm_state_warmup", "an integer >= 0", self.ghm_state_warmup)
 
 
 @dataclass

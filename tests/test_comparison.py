@@ -76,6 +76,17 @@ def test_settings_are_compared_with_the_baseline_seed_by_seed() -> None:
     assert compare_settings([trial(0, "ghm", 0, 0.3)], FOCAL) == []
 
 
+def test_a_setting_is_compared_with_the_baseline_of_its_own_context() -> None:
+    """A grid of loss x rate: each rate's GHM against that rate's focal loss, never against the other rate's."""
+    trials = [trial(0, "focal", 0, 0.30, lr=0.01), trial(1, "focal", 0, 0.50, lr=0.02), trial(2, "ghm", 0, 0.20, lr=0.01),
+              trial(3, "ghm", 0, 0.45, lr=0.02), trial(4, "focal", 1, 0.32, lr=0.01), trial(5, "ghm", 1, 0.21, lr=0.01),
+              trial(6, "ghm", 0, 0.9, lr=0.04)]  # no baseline at this rate: not compared
+    by_setting = {c.setting: c for c in compare_settings(trials, FOCAL)}
+    assert set(by_setting) == {"loss=ghm lr=0.01", "loss=ghm lr=0.02"}
+    assert by_setting["loss=ghm lr=0.01"].differences == pytest.approx((-0.10, -0.11))
+    assert by_setting["loss=ghm lr=0.02"].differences == pytest.approx((-0.05,))
+
+
 def test_the_best_setting_is_ranked_by_paired_difference_in_the_sweeps_direction() -> None:
     trials = [trial(0, "focal", 0, 0.30), trial(1, "ghm", 0, 0.40, bins=10), trial(2, "ghm", 0, 0.20, bins=20)]
     comparisons = compare_settings(trials, FOCAL)

@@ -42,6 +42,50 @@ def test_digits_det_is_deterministic_cached_and_coco_format(tmp_path: Path) -> N
     assert other.key() != SMALL.key()
 
 
+def _split(root: dict, split: str) -> tuple[dict, list[np.ndarray]]:
+    document = json.loads(root[split].annotation_file.read_text())
+    return document, [np.asarray(Image.open(root[split].images_dir / i["file_name"])) for i in document["images"]]
+
+
+def test_unlabelled_digits_are_drawn_but_left_out_of_the_training_annotations_only(tmp_path: Path) -> None:
+    base = ensure_digits_det(SMALL, tmp_path)
+    regime = ensure_digits_det(DigitsDetParams(**{**SMALL.__dict__, "train_images": 60, "unlabelled_fraction": 0.4}), tmp_path)
+    full = ensure_digits_det(DigitsDetParams(**{**SMALL.__dict__, "train_images": 60}), tmp_path)
+    (annotated, images), (complete, full_images) = _split(regime, "train"), _split(full, "train")
+    assert all(np.array_equal(a, b) for a, b in zip(images, full_images, strict=True))  # the same pictures: every digit drawn
+    kept = {(a["image_id"], tuple(a["bbox"])) for a in annotated["annotations"]}
+    every = {(a["image_id"], tuple(a["bbox"])) for a in complete["annotations"]}
+    assert kept < every and abs(len(kept) / len(every) - 0.6) < 0.1  # about 40% left out, none invented
+    assert _split(regime, "val")[0]["annotations"] == _split(base, "val")[0]["annotations"]  # the val split stays complete
+    assert SMALL.key() == DigitsDetParams(**{**SMALL.__dict__, "unlabelled_fraction": 0.0, "lookalikes": 0}).key()
+
+
+def test_lookalikes_are_pasted_clear_of_the_digits_which_stay_as_they_were(tmp_path: Path) -> None:
+    base, regime = ensure_digits_det(SMALL, tmp_path), ensure_digits_det(DigitsDetParams(**{**SMALL.__dict__, "lookalikes": 3}), tmp_path)
+    for split in ("train", "val"):
+        (annotations, images), (base_annotations, base_images) = _split(regime, split), _split(base, split)
+        assert annotations["annotations"] == base_annotations["annotations"]  # negatives: nothing annotated
+        changed = [np.abs(a.astype(int) - b).sum(axis=2) > 0 for a, b in zip(images, base_images, strict=True)]
+        assert all(c.mean() > 0.02 for c in changed)  # every image got some
+        inside = outside = 0
+        for mask, image in zip(changed, annotations["images"], strict=True):
+            boxes = np.zeros_like(mask)
+            for a in (a for a in annotations["annotations"] if a["image_id"] == image["id"]):
+                x, y, w, h = (round(v) for v in a["bbox"])
+                boxes[y:y + h, x:x + w] = True
+            inside, outside = inside + (mask & boxes).sum(), outside + (mask & ~boxes).sum()
+        assert inside < 0.15 * outside  # placed clear of the digits (IoU <= max_overlap): at most their edges are touched
+
+
+def test_the_backbones_pretraining_is_the_same_for_every_regime() -> None:
+    from ghm.detection.pretraining import PretrainingParams, cache_key
+
+    regime = DigitsDetParams(unlabelled_fraction=0.3, lookalikes=5)
+    assert regime.key() != DigitsDetParams().key()
+    assert cache_key(PretrainingParams(), regime, 32) == cache_key(PretrainingParams(), DigitsDetParams(), 32)
+    assert regime.without_regime() == DigitsDetParams()
+
+
 def test_a_dataset_another_process_is_generating_is_waited_for_not_made_twice(tmp_path: Path,
                                                                              caplog: pytest.LogCaptureFixture) -> None:
     holding, release = threading.Event(), threading.Event()

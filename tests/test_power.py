@@ -3,6 +3,7 @@ simulations of the paired t test, the published group-sequential constants and t
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -114,7 +115,7 @@ def test_a_plan_is_checked_and_described() -> None:
     plan = SequentialPlan.batches(5, 5, 17, "obrien_fleming")
     assert plan.seeds == (5, 10, 15, 17)
     levels = plan.levels
-    assert all(a < b for a, b in zip(levels, levels[1:], strict=False))  # strict early, near alpha at the end
+    assert all(a < b for a, b in itertools.pairwise(levels))  # strict early, near alpha at the end
     assert "O'Brien-Fleming over 4 planned looks at 5, 10, 15, 17 seeds" in plan.describe()
     with pytest.raises(ValueError, match="boundary must be one of"):
         SequentialPlan((3, 6), "peek")

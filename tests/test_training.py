@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from ghm.detection.model import build_detector, load_weights
 from ghm.detection.schedule import lr_factor, set_lr_factor
 from ghm.detection.telemetry import observed_loss_inputs
-from ghm.detection.training import NonFiniteLossError, train
+from ghm.detection.training import NonFiniteLossError, train, warm_ghm_state
 from ghm.losses import GHMC, GHMR, FocalLoss, SmoothL1Loss
 from ghm.run import Job
 from tests.conftest import ROOT, SMALL_DATA, build_test_job
@@ -114,6 +114,42 @@ def test_loss_decreases_on_digits_det(tmp_path: Path, tracking_uri: str, loss: s
         losses.append(loss_value.item())
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.6 * first, losses
+
+
+@pytest.mark.slow
+def test_a_warm_start_loads_the_detector_and_warms_ghms_averages_without_training(tmp_path: Path, tracking_uri: str) -> None:
+    """A focal detector's weights as GHM's start (model.weights with the seed in its path), GHM's EMA filled by the starting
+    detector's batches: no parameter and no BatchNorm statistic moves, and the counts are those of the batches seen."""
+    source = small_job(tmp_path, tracking_uri, "loss=focal", "seed=3", name="focal")
+    torch.save({"model": source.model.state_dict()}, tmp_path / "focal_seed3.pt")
+    job = small_job(tmp_path, tracking_uri, "loss=ghm", "seed=3", f"model.weights={tmp_path}/focal_seed${{seed}}.pt",
+                    "model.ghm_scope=whole_batch", "loss.cls.momentum=0.5", "train.ghm_state_warmup=2", "train.figures=false")
+    before = {k: v.clone() for k, v in job.model.state_dict().items()}
+    for key, value in source.model.state_dict().items():
+        torch.testing.assert_close(before[key], value)  # the focal detector, loaded for seed 3
+    warm_ghm_state(job, 2)
+    after = {k: v.clone() for k, v in job.model.state_dict().items()}
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"cls_loss.density.acc_sum", "reg_loss.density.acc_sum"}, changed
+    # Two whole-batch calls with momentum 0.5 from zero: acc = 0.5 * (0.5 * k1) + 0.5 * k2 in the regions seen twice.
+    counts = []
+    job.sampler.set_epoch(0)
+    job.data.train.set_epoch(0, 3)
+    reference = GHMC(bins=30)
+    with torch.no_grad(), observed_loss_inputs(job.model) as seen:
+        for step, (images, targets) in enumerate(job.loader):
+            if step == 2:
+                break
+            job.model.eval()
+            for module in job.model.modules():
+                if not isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.train()
+            job.model(images, targets)
+    for inputs in seen:
+        reference(inputs.cls_logits, inputs.cls_targets, inputs.cls_weights)
+        counts.append(reference.stats.counts)
+    expected = torch.where(counts[1] > 0, 0.25 * counts[0] + 0.5 * counts[1], 0.5 * counts[0])
+    torch.testing.assert_close(after["cls_loss.density.acc_sum"], expected)
 
 
 def _two_digit_batch(images: int, seed: int = 0) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:

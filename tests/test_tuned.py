@@ -15,11 +15,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ghm.comparison.pairing import Pairing
+from ghm.comparison.power import SequentialPlan
 from ghm.comparison.record import FAILED, FINISHED, PRUNED, SweepRecord, TrialRecord
 from ghm.comparison.settings import compare_settings, setting_of
 from ghm.comparison.tuning import confirmation_seeds, edge_warnings, rising_warnings, summarize_arm
-from ghm.sweep.config import ArmConf, SweeperConf
-from ghm.sweep.search import OPTUNA_NUMBER, ArmSearch, seed_repeater
+from ghm.sweep.config import ArmConf, SweeperConf, TuningSettings
+from ghm.sweep.search import OPTUNA_NUMBER, ArmSearch, Role, seed_repeater
 from ghm.sweep.space import parse_search_space
 from tests.apps.curves import final_value
 from tests.conftest import ROOT
@@ -43,7 +44,8 @@ def test_an_arms_best_is_its_mean_over_the_tuning_seeds_alone() -> None:
             job(6, "ghm", 3, 0, 0.90, PRUNED, **{"train.lr": 0.04, "warmup": 400}),
             job(8, "ghm", 4, 0, None, FAILED, **{"train.lr": 0.05, "warmup": 400}),
             # a confirmation job (no search trial) of a better setting, and a job of the other arm: neither is this arm's search
-            job(40, "ghm", None, 2, 0.99, **{"train.lr": 0.02, "warmup": 200}), job(20, "focal", 0, 0, 0.95, **{"train.lr": 0.01, "warmup": 0})]
+            job(40, "ghm", None, 2, 0.99, **{"train.lr": 0.02, "warmup": 200}),
+            job(20, "focal", 0, 0, 0.95, **{"train.lr": 0.01, "warmup": 0})]
     arm = summarize_arm("ghm", ["loss=ghm"], 5, [0, 1], SPACE, jobs)
     assert [t.state for t in arm.trials] == [FINISHED, FINISHED, FINISHED, PRUNED, FAILED]
     assert [t.mean for t in arm.trials] == pytest.approx([0.25, 0.20, 0.26, None, None])  # a pruned seed's 0.9 is no mean
@@ -77,7 +79,7 @@ def test_confirmation_seeds_are_fresh_and_the_verdict_compares_confirmations_onl
     jobs = [job(0, "focal", 0, 0, 0.9), job(1, "ghm", 0, 0, 0.1),  # search jobs on a tuning seed: not part of the verdict
             job(10, "focal", None, 2, 0.30), job(11, "focal", None, 3, 0.32), job(12, "ghm", None, 2, 0.35), job(13, "ghm", None, 3, 0.36)]
     [comparison] = compare_settings(jobs, FOCAL)
-    assert comparison.setting == "ghm (tuned)" == setting_of(jobs[-1], FOCAL) and comparison.seeds == (2, 3)
+    assert comparison.setting == "ghm" == setting_of(jobs[-1], FOCAL) and comparison.seeds == (2, 3)
     assert comparison.mean == pytest.approx(0.045)
 
 
@@ -115,7 +117,7 @@ def test_an_arms_jobs_are_numbered_by_search_trial_and_seed() -> None:
                        "sqlite://", "s-ghm", 4, [0, 1], "seed", 16, "mAP")
     number, params = search.trial({"train.lr": 0.02, OPTUNA_NUMBER: 3, "__trial_index__": 1})
     assert number == 16 + 3 * 2 + 1 and params == {"loss": "ghm", "train.lr": 0.02, "seed": 1}
-    assert search.membership(number) == ("ghm", 3)
+    assert search.role(number) == Role("ghm", 3, ())
 
 
 def test_a_tuned_comparison_is_checked_before_work() -> None:
@@ -126,7 +128,9 @@ def test_a_tuned_comparison_is_checked_before_work() -> None:
                              ({"confirm_seeds": 1}, "confirm_seeds must be >= 2"),
                              ({"search": "grid"}, "must be auto or optuna"),
                              ({"params": {"loss.reg.mu": "interval(0.1, 1)"}}, "repeats"),
-                             ({"arms": {**arms, "bce": ArmConf([])}}, "must say what the arm is")):
+                             ({"arms": {**arms, "bce": ArmConf([])}}, "must say what the arm is"),
+                             ({"tuning": TuningSettings(budget=0)}, "budget=0 searches nothing"),
+                             ({"arms": {}, "conditions": {"x": "1,2"}}, "conditions are crossed with hydra.sweeper.arms")):
         with pytest.raises(ValueError, match=message):
             SweeperConf(sampler={}, **{"arms": arms, "confirm_seeds": 3, **changes}).check()
 
@@ -172,10 +176,43 @@ def test_a_tuned_sweep_confirms_each_arms_best_on_fresh_seeds(tmp_path: Path) ->
     expected = [final_value("candidate", bests["candidate"]["x"], s, bests["candidate"]["lr"], 0.1, 0.01)
                 - final_value("baseline", 1.0, s, bests["baseline"]["lr"], 0.01, 0.01) for s in (2, 3, 4)]
     [comparison] = record.comparisons
-    assert comparison.setting == "candidate (tuned)" and comparison.differences == pytest.approx(expected)
+    assert comparison.setting == "candidate" and comparison.differences == pytest.approx(expected)
     assert comparison.p_improve == 1.0 and not math.isnan(comparison.mde) and comparison.seeds_needed is not None
     assert "Tuned comparison: each arm (baseline, candidate) searched lr and its own parameters" in output
     assert "Arm candidate (loss=candidate): budget 6 trials x 2 seeds (6 finished); best" in output
     assert "P(better)" in output and "seeds@0.05" in output
     history = client.get_metric_history(parent.info.run_id, "tuning_best_so_far/candidate")
     assert [m.step for m in history] == list(range(1, 7)) and history[-1].value == pytest.approx(bests and record.tuning[1].best_value)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_address")
+def test_fixed_arms_compare_in_each_condition_with_planned_looks(tmp_path: Path) -> None:
+    """Arms at their own given settings (no search), crossed with a condition (hydra.sweeper.conditions: the candidate's
+    peak x), confirmed with a sequential rule. Without noise, where the arms differ by 0.1 the first look stops, where they
+    tie no look does, so the looks go on to the planned maximum; the report states the rule and the level it used."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = subprocess.run([sys.executable, "curves.py", "--config-name", "curves_arms", "-m", "noise=0.0",
+                             "hydra.sweeper.study_name=fixed", "hydra.sweeper.sequential.enabled=true", "hydra.sweeper.sequential.batch=3",
+                             "hydra.sweeper.sequential.max_seeds=6", f"log={tmp_path / 'log'}", f"+mlflow_uri={uri}",
+                             f"+mlflow.tracking_uri={uri}", "+mlflow.experiment_name=fixed", f"hydra.sweep.dir={tmp_path / 'multirun'}",
+                             f"hydra.sweeper.ray.storage_path={tmp_path / 'ray'}"],
+                            cwd=ROOT / "tests" / "apps", capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
+    client = MlflowClient(uri)
+    parent = client.search_runs([client.get_experiment_by_name("fixed").experiment_id], "tags.sweep_parent = 'fixed'")[0]
+    record = SweepRecord.from_json(json.loads(Path(client.download_artifacts(parent.info.run_id, "sweep.json", str(tmp_path))).read_text()))
+    assert record.search == "arms" and record.tuning == []
+    assert sorted({t.seed for t in record.trials}) == list(range(6))  # 2 looks of 3 seeds: the tie never stops them
+    assert len(record.trials) == 2 * 2 * 6
+    by_setting = {c.setting: c for c in record.comparisons}
+    assert set(by_setting) == {"candidate x=0.5", "candidate x=0.6"}
+    for x in (0.5, 0.6):
+        expected = final_value("candidate", x, 0, 0.1, 0.1, 0.0) - final_value("baseline", x, 0, 0.01, 0.01, 0.0)
+        assert by_setting[f"candidate x={x}"].differences == pytest.approx([expected] * 6)
+    assert by_setting["candidate x=0.5"].mean == 0 and by_setting["candidate x=0.6"].mean == pytest.approx(0.1)
+    level = SequentialPlan.batches(3, 3, 6).level_at(6)
+    assert all(c.confidence == pytest.approx(1 - level) for c in record.comparisons)
+    assert any("Sequential confirmation: Pocock over 2 planned looks at 3, 6 seeds" in note and "the planned maximum was reached" in note
+               for note in record.notes)
+    assert any(note.startswith("Fixed arms: each arm ran at its own given settings") for note in record.notes)

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -108,7 +109,7 @@ class SequentialPlan:
     def __post_init__(self) -> None:
         if self.boundary not in BOUNDARIES:
             raise ValueError(f"boundary must be one of {', '.join(BOUNDARIES)}, got {self.boundary!r}")
-        if not self.seeds or any(b <= a for a, b in zip(self.seeds, self.seeds[1:], strict=False)) or self.seeds[0] < 2:
+        if not self.seeds or any(b <= a for a, b in itertools.pairwise(self.seeds)) or self.seeds[0] < 2:
             raise ValueError(f"a sequential plan's looks must be increasing numbers of seeds >= 2, got {list(self.seeds)}")
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")

@@ -39,6 +39,7 @@ class TrialRecord:
     error: str | None = None
     arm: str | None = None  # a tuned comparison's arm (hydra.sweeper.arms) this job belongs to
     search_trial: int | None = None  # its arm's search trial (the Optuna trial run on every tuning seed); None: a confirmation
+    condition: dict[str, Any] = field(default_factory=dict)  # a comparison of arms: the condition (command-line values) it ran in
 
 
 @dataclass

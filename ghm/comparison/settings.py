@@ -16,30 +16,41 @@ from ghm.comparison.statistics import PairedComparison, compare
 
 
 def setting_of(trial: TrialRecord, pairing: Pairing) -> str:
-    """What a trial tries: a tuned comparison's confirmation job by its arm (``ghm (tuned)``: its best settings are in the
-    arm's tuning), any other trial by its swept values but the pairing key. Trials with one label are seeds of one setting."""
+    """What a trial tries: a comparison of arms' confirmation job by its arm and condition (``ghm train.epochs=14``: the arm's
+    settings are in its overrides and tuning), any other trial by its swept values but the pairing key. Trials with one label
+    are seeds of one setting."""
     if trial.arm is not None and trial.search_trial is None:
-        return f"{trial.arm} (tuned)"
+        return " ".join([trial.arm, *(f"{k}={v}" for k, v in trial.condition.items())])
     return pairing.setting_label(trial.params)
 
 
 def compare_settings(trials: Sequence[TrialRecord], pairing: Pairing, direction: str = "maximize", effect: float | None = None,
                      confidence: float = 0.95) -> list[PairedComparison]:
-    """Each setting (the swept values but the pairing key) against the baseline, on the seeds both finished.
+    """Each setting (the swept values but the pairing key) against the baseline in its context, on the seeds both finished.
 
-    ``effect``: a difference of interest, whose seeds needed each comparison gives; ``confidence``: of its t interval.
+    The context is what a baseline trial sweeps besides the baseline's key and the pairing key (a grid of ``loss=focal,ghm
+    train.lr=0.01,0.02`` compares each rate's GHM with that rate's focal loss), or an arm's condition: a setting is compared
+    with the baseline of its own context only. ``effect``: a difference of interest, whose seeds needed each comparison
+    gives; ``confidence``: of its t interval. A comparison of arms' search trials are no settings of the verdict.
     """
-    baseline = {t.seed: t.objective for t in trials
-                if t.baseline and t.objective is not None and t.state in (FINISHED, REUSED) and t.search_trial is None}
-    if not baseline:
-        return []
-    settings: dict[str, dict[int, float]] = {}
-    for t in trials:
-        if t.baseline or t.objective is None or t.state not in (FINISHED, REUSED) or t.seed is None or t.search_trial is not None:
-            continue
-        settings.setdefault(setting_of(t, pairing), {})[t.seed] = t.objective
-    return [compare(label, values, baseline, confidence, larger_is_better=direction == "maximize", effect=effect)
-            for label, values in settings.items() if set(values) & set(baseline)]
+    usable = [t for t in trials if t.objective is not None and t.state in (FINISHED, REUSED) and t.seed is not None
+              and t.search_trial is None]
+    keys = sorted({k for t in usable if t.baseline and t.arm is None for k in t.params} - {pairing.baseline_key, pairing.pair_by})
+
+    def context(trial: TrialRecord) -> tuple[tuple[str, str], ...]:
+        if trial.arm is not None:
+            return tuple((k, str(v)) for k, v in trial.condition.items())
+        return tuple((k, str(trial.params.get(k))) for k in keys)
+
+    baselines: dict[tuple, dict[int, float]] = {}
+    settings: dict[str, tuple[tuple, dict[int, float]]] = {}
+    for t in usable:
+        if t.baseline:
+            baselines.setdefault(context(t), {})[t.seed] = t.objective
+        else:
+            settings.setdefault(setting_of(t, pairing), (context(t), {}))[1][t.seed] = t.objective
+    return [compare(label, values, baselines[where], confidence, larger_is_better=direction == "maximize", effect=effect)
+            for label, (where, values) in settings.items() if set(values) & set(baselines.get(where, {}))]
 
 
 def best_params(trials: Sequence[TrialRecord], comparisons: Sequence[PairedComparison], pairing: Pairing,

@@ -52,6 +52,12 @@ class ArmTuning:
     best_value: float | None = None
     curve: list[float | None] = field(default_factory=list)  # best mean so far after each search trial (None before any)
     warnings: list[str] = field(default_factory=list)
+    condition: dict[str, Any] = field(default_factory=dict)  # the command line's values it was searched in, when the sweep lists some
+
+    @property
+    def label(self) -> str:
+        """The arm and its condition, e.g. ``ghm train.epochs=14``."""
+        return " ".join([self.name, *(f"{k}={v}" for k, v in self.condition.items())])
 
     @property
     def counts(self) -> dict[str, int]:
@@ -62,18 +68,20 @@ class ArmTuning:
         counts = ", ".join(f"{n} {state}" for state, n in self.counts.items() if n)
         best = (f"best {self.best_value:.4f}: " + " ".join(f"{k}={_short(v)}" for k, v in (self.best or {}).items())
                 if self.best is not None else "no search trial finished on every tuning seed")
-        return f"{self.name} ({' '.join(self.overrides)}): budget {self.budget} trials x {len(self.seeds)} seeds ({counts}); {best}"
+        return f"{self.label} ({' '.join(self.overrides)}): budget {self.budget} trials x {len(self.seeds)} seeds ({counts}); {best}"
 
 
 def summarize_arm(name: str, overrides: Sequence[str], budget: int, seeds: Sequence[int], space: Mapping[str, Any],
-                  trials: Sequence[TrialRecord], direction: str = "maximize") -> ArmTuning:
-    """An arm's tuning from the records of its search's jobs (``arm == name``), one per search trial and tuning seed."""
+                  trials: Sequence[TrialRecord], direction: str = "maximize", condition: Mapping[str, Any] | None = None) -> ArmTuning:
+    """An arm's tuning (in ``condition``) from the records of its search's jobs, one per search trial and tuning seed."""
+    condition = dict(condition or {})
     grouped: dict[int, list[TrialRecord]] = {}
     for trial in trials:
-        if trial.arm == name and trial.search_trial is not None:
+        if trial.arm == name and trial.search_trial is not None and trial.condition == condition:
             grouped.setdefault(trial.search_trial, []).append(trial)
     search = [_search_trial(number, jobs, seeds, space) for number, jobs in sorted(grouped.items())]
-    arm = ArmTuning(name=name, overrides=list(overrides), budget=budget, seeds=list(seeds), space=dict(space), trials=search)
+    arm = ArmTuning(name=name, overrides=list(overrides), budget=budget, seeds=list(seeds), space=dict(space), trials=search,
+                    condition=condition)
     sign = 1 if direction == "maximize" else -1
     best: SearchTrial | None = None
     for trial in search:
@@ -82,7 +90,7 @@ def summarize_arm(name: str, overrides: Sequence[str], budget: int, seeds: Seque
         arm.curve.append(best.mean if best else None)
     if best is not None:
         arm.best, arm.best_value = dict(best.params), best.mean
-        arm.warnings = edge_warnings(name, best.params, space) + rising_warnings(name, arm.curve, budget, sign)
+        arm.warnings = edge_warnings(arm.label, best.params, space) + rising_warnings(arm.label, arm.curve, budget, sign)
     return arm
 
 

@@ -109,10 +109,10 @@ def tuning_curves(record: SweepRecord) -> go.Figure | None:
         colour = _palette(index)
         trials = list(range(1, len(arm.curve) + 1))
         figure.add_trace(go.Scatter(x=trials, y=arm.curve, mode="lines", line={"color": colour, "shape": "hv"},
-                                    name=f"{arm.name}: best so far", legendgroup=arm.name))
+                                    name=f"{arm.label}: best so far", legendgroup=arm.label))
         finished = [(i, t.mean) for i, t in enumerate(arm.trials, start=1) if t.mean is not None]
-        figure.add_trace(go.Scatter(x=[i for i, _ in finished], y=[m for _, m in finished], mode="markers", name=f"{arm.name}: trial",
-                                    marker={"color": colour, "size": 7, "opacity": 0.6}, legendgroup=arm.name))
+        figure.add_trace(go.Scatter(x=[i for i, _ in finished], y=[m for _, m in finished], mode="markers", name=f"{arm.label}: trial",
+                                    marker={"color": colour, "size": 7, "opacity": 0.6}, legendgroup=arm.label))
     figure.update_layout(title=f"Tuning curves: {record.metric} (mean over the tuning seeds) against the search trial, per arm",
                          xaxis_title="search trial (budget used)", yaxis_title=record.metric)
     return figure

@@ -96,7 +96,7 @@ def _tuning_html(record: SweepRecord) -> str:
         space = "<br>".join(html.escape(f"{key}: {_space(value)}") for key, value in arm.space.items())
         best = "<br>".join(html.escape(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}") for k, v in (arm.best or {}).items())
         warnings = "".join(f'<div class="warning">{html.escape(w)}</div>' for w in arm.warnings)
-        rows.append(f"<tr><td>{html.escape(arm.name)}</td><td>{html.escape(' '.join(arm.overrides))}</td>"
+        rows.append(f"<tr><td>{html.escape(arm.label)}</td><td>{html.escape(' '.join(arm.overrides))}</td>"
                     f"<td>{arm.budget} x {len(arm.seeds)} seeds ({html.escape(counts)})</td><td>{space}</td>"
                     f"<td>{_number(arm.best_value)}</td><td>{best or 'n/a'}</td><td>{warnings}</td></tr>")
     return ('<section id="tuning"><h2>Tuned arms</h2><table id="arms"><thead><tr><th>arm</th><th>overrides</th><th>budget</th>'

@@ -11,6 +11,13 @@ The 1797 scans are split once, per class, into a training pool and a validation 
 backbone pretraining (:mod:`ghm.detection.pretraining`) only from the training pool, so no handwriting the
 detector is evaluated on was ever seen in training.
 
+Two parameters make the regime GHM's paper says it is for, without changing anything else of an
+image: ``unlabelled_fraction`` leaves that share of the training split's digits out of its annotations
+(drawn but unlabelled: outliers whose gradient norm stays near 1; the val split stays fully
+annotated), and ``lookalikes`` pastes that many look-alike negatives into every image (digits
+rotated by a quarter turn, or mirrored where that makes no digit). Their draws come from
+generators of their own, so the images and the other digits stay those of the default dataset.
+
 Generation is deterministic in its parameters and writes a COCO-format dataset (PNG images and
 one JSON per split) to ``<cache_dir>/<key>``, where the key hashes the parameters; one process
 generates it while parallel trials that need it wait (:mod:`ghm.data.cache`), into a private folder
@@ -43,6 +50,11 @@ log = logging.getLogger(__name__)
 GENERATOR_VERSION = 2
 # The scan split is fixed (its own seed), so every parameter set and the pretraining share it.
 _SCAN_SPLIT_SEED = 1797
+# The regime parameters and their defaults: at the default they are left out of the cache key (the datasets made before
+# them keep their key) and the backbone's pretraining never sees them (it is the benchmark's ImageNet, one for every regime).
+REGIME_DEFAULTS = {"unlabelled_fraction": 0.0, "lookalikes": 0}
+# Digits whose mirror image is no digit (0, 1 and 8 mirror into themselves): the mirrored look-alikes.
+_MIRRORABLE = (2, 3, 4, 5, 6, 7, 9)
 
 
 @dataclass
@@ -67,12 +79,22 @@ class DigitsDetParams:
     background_blur: float = 2.0  # Gaussian blur radius (pixels) of the background photo
     val_scan_fraction: float = 0.25  # share of each digit's scans reserved for the val split
     seed: int = 0
+    unlabelled_fraction: float = 0.0  # share of the training split's digits drawn but left out of its annotations
+    lookalikes: int = 0  # look-alike negatives per image: digits turned a quarter, or mirrored where that makes no digit
+
+    def identity(self) -> dict[str, object]:
+        """The parameters that make the dataset, the regime parameters left out at their defaults."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(DigitsDetParams)}
+        return {k: v for k, v in fields.items() if k not in REGIME_DEFAULTS or v != REGIME_DEFAULTS[k]}
 
     def key(self) -> str:
         """Cache key: a hash of the parameters and the generator version."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(DigitsDetParams)}
-        payload = json.dumps({"version": GENERATOR_VERSION, **fields}, sort_keys=True)
+        payload = json.dumps({"version": GENERATOR_VERSION, **self.identity()}, sort_keys=True)
         return hashlib.sha1(payload.encode()).hexdigest()[:12]
+
+    def without_regime(self) -> DigitsDetParams:
+        """The same look with the regime parameters at their defaults: what the backbone's pretraining sees."""
+        return dataclasses.replace(self, **REGIME_DEFAULTS)
 
 
 @dataclass(frozen=True)
@@ -228,22 +250,63 @@ def _compose(params: DigitsDetParams, photos: list[np.ndarray], pool: ScanPool, 
     return (np.clip(pixels, 0, 1) * 255).astype(np.uint8), annotations
 
 
-def generate_images(params: DigitsDetParams, pool: ScanPool, count: int, seed: int) -> Iterator[tuple[np.ndarray, list[DigitObject]]]:
-    """``count`` images (H x W x 3 uint8) with their digits, drawn from ``pool``."""
+def generate_images(params: DigitsDetParams, pool: ScanPool, count: int, seed: int,
+                    unlabelled_fraction: float = 0.0) -> Iterator[tuple[np.ndarray, list[DigitObject]]]:
+    """``count`` images (H x W x 3 uint8) with their annotated digits, drawn from ``pool``.
+
+    ``params.lookalikes`` look-alike negatives are pasted into each image, and ``unlabelled_fraction`` of its digits
+    are left out of the annotations, each from a generator of its own: the images and digits stay the default's.
+    """
     from sklearn.datasets import load_sample_images
 
     photos = list(load_sample_images().images)
     rng = np.random.default_rng(seed)
+    lookalike_rng, unlabelled_rng = np.random.default_rng([seed, 1]), np.random.default_rng([seed, 2])
     class_p = _class_probabilities(params, np.random.default_rng(params.seed))
     for _ in range(count):
-        yield _compose(params, photos, pool, class_p, rng)
+        pixels, objects = _compose(params, photos, pool, class_p, rng)
+        if params.lookalikes:
+            pixels = _paste_lookalikes(pixels, objects, params, pool, lookalike_rng)
+        if unlabelled_fraction > 0:
+            objects = [o for o in objects if unlabelled_rng.random() >= unlabelled_fraction]
+        yield pixels, objects
+
+
+def _paste_lookalikes(pixels: np.ndarray, objects: list[DigitObject], params: DigitsDetParams, pool: ScanPool,
+                      rng: np.random.Generator) -> np.ndarray:
+    """``params.lookalikes`` digit-like negatives (a scan turned a quarter, or mirrored where that makes no digit), sized and
+    coloured as the digits, each placed clear of every digit's box (IoU <= max_overlap; skipped after 20 tries)."""
+    image = pixels.astype(np.float32) / 255.0
+    size = params.image_size
+    boxes = np.array([[o.bbox[0], o.bbox[1], o.bbox[0] + o.bbox[2], o.bbox[1] + o.bbox[3]] for o in objects]).reshape(-1, 4)
+    for _ in range(params.lookalikes):
+        chosen = int(rng.integers(len(pool.scans)))
+        scan = pool.scans[chosen]
+        if rng.random() < 0.5 and int(pool.labels[chosen]) in _MIRRORABLE:
+            scan = scan[:, ::-1]
+        else:
+            scan = np.rot90(scan, k=1 if rng.random() < 0.5 else 3)
+        height = int(np.exp(rng.uniform(np.log(params.min_digit_size), np.log(params.max_digit_size))))
+        width = max(4, int(height * rng.uniform(0.7, 1.1)))
+        for _ in range(20):
+            top, left = int(rng.integers(0, size - height + 1)), int(rng.integers(0, size - width + 1))
+            if not np.any(_iou(np.array([left, top, left + width, top + height], dtype=float), boxes) > params.max_overlap):
+                break
+        else:
+            continue
+        alpha = _digit_alpha(np.ascontiguousarray(scan), height, width) * rng.uniform(params.min_contrast, 1.0)
+        local = image[top:top + height, left:left + width].mean(axis=(0, 1))
+        color = _legible(np.clip(1.0 - local + rng.normal(0, 0.25, 3), 0, 1), local, params.min_luminance_gap)
+        _paste(image, alpha, top, left, color)
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
 def _write_split(params: DigitsDetParams, split: str, count: int, seed: int, root: Path) -> None:
     pool = scan_pool(split, params.val_scan_fraction)
     (root / split).mkdir(parents=True)
     images, annotations = [], []
-    for image_id, (pixels, objects) in enumerate(generate_images(params, pool, count, seed), start=1):
+    unlabelled = params.unlabelled_fraction if split == "train" else 0.0  # the val split stays fully annotated
+    for image_id, (pixels, objects) in enumerate(generate_images(params, pool, count, seed, unlabelled), start=1):
         file_name = f"{image_id:06d}.png"
         Image.fromarray(pixels).save(root / split / file_name)
         images.append({"id": image_id, "file_name": file_name, "width": params.image_size, "height": params.image_size})

@@ -75,9 +75,8 @@ class PretrainedBackbone:
 
 
 def cache_key(params: PretrainingParams, data: DigitsDetParams, width: int) -> str:
-    """A hash of the pretraining, the dataset's generator parameters (less its size and seed) and the width."""
-    look = {f.name: getattr(data, f.name) for f in dataclasses.fields(DigitsDetParams)
-            if f.name not in ("train_images", "val_images", "seed")}
+    """A hash of the pretraining, the dataset's generator parameters (less its size, seed and regime) and the width."""
+    look = {k: v for k, v in data.without_regime().identity().items() if k not in ("train_images", "val_images", "seed")}
     payload = {"version": PRETRAINING_VERSION, "generator": GENERATOR_VERSION, "params": dataclasses.asdict(params),
                "data": look, "width": width}
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
@@ -88,7 +87,7 @@ def make_crops(params: PretrainingParams, data: DigitsDetParams, seed: int, coun
     pool = scan_pool("train", data.val_scan_fraction)
     rng = np.random.default_rng(seed + 7919)
     crops, labels = [], []
-    for pixels, objects in generate_images(data, pool, count, seed):
+    for pixels, objects in generate_images(data.without_regime(), pool, count, seed):
         image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float()
         size = image.shape[-1]
         gt = torch.tensor([[o.bbox[0], o.bbox[1], o.bbox[0] + o.bbox[2], o.bbox[1] + o.bbox[3]] for o in objects]).reshape(-1, 4)

@@ -79,6 +79,8 @@ def _resume(job: Job) -> dict[str, Any]:
 
 def _train_epochs(job: Job, state: dict[str, Any], run_id: str | None, on_epoch: EpochCallback | None) -> dict[str, float]:
     cfg = job.config.train
+    if cfg.ghm_state_warmup and not state:
+        warm_ghm_state(job, cfg.ghm_state_warmup)
     skipped = state.get("skipped", 0)
     metrics: dict[str, float] = dict(state.get("metrics", {}))
     for epoch in range(state.get("epoch", 0), cfg.epochs):
@@ -101,6 +103,32 @@ def _train_epochs(job: Job, state: dict[str, Any], run_id: str | None, on_epoch:
         if on_epoch:
             on_epoch(epoch + 1, epoch_metrics)
     return metrics
+
+
+@torch.no_grad()
+def warm_ghm_state(job: Job, batches: int) -> None:
+    """Run ``batches`` of epoch 0 through the detector as training does, without an update, so that GHM's moving averages of
+    the region counts start from what the starting detector (``model.weights``: a warm start) gives, not from zero.
+
+    The losses see exactly a training step's inputs; BatchNorm keeps its statistics (evaluation mode) and no parameter
+    changes. Epoch 0 then trains on the same batches, in the same order.
+    """
+    model = job.model
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    model.train()
+    for norm in norms:
+        norm.eval()
+    job.sampler.set_epoch(0)
+    job.data.train.set_epoch(0, job.config.seed)
+    try:
+        for step, (images, targets) in enumerate(job.loader):
+            if step == batches:
+                break
+            model([image.to(job.device) for image in images], [{k: v.to(job.device) for k, v in t.items()} for t in targets])
+    finally:
+        for norm in norms:
+            norm.train()
+    log.info("GHM's moving averages warmed on %d batches of the starting detector", min(batches, len(job.loader)))
 
 
 def train_epoch(job: Job, epoch: int, skipped: int) -> tuple[dict[str, float], int]:

@@ -140,8 +140,8 @@ class ArmConf:
 class TuningSettings:
     """How each arm of a tuned comparison is searched: the same sampler, pruner and budget for every arm."""
 
-    budget: int = 16  # search trials per arm, each run on every tuning seed; pruned and failed ones count against it
-    seeds: list[int] = field(default_factory=lambda: [0, 1])  # a search trial's value is its mean over these seeds
+    budget: int = 16  # search trials per arm, each run on every tuning seed; pruned and failed ones count against it (0: no search)
+    seeds: list[int] = field(default_factory=lambda: [0, 1])  # a search trial's value is its mean over these; confirmation seeds follow
 
 
 @dataclass
@@ -203,6 +203,7 @@ class SweeperConf:
     reuse: str = "baselines"  # baselines | finished: which grid points a finished run of the identical config answers
     confirm_seeds: int = 0  # re-run the best setting and the baseline on this many fresh values of pair_by
     arms: dict[str, ArmConf] = field(default_factory=dict)  # a tuned comparison: each arm searches params (+ its own) with `tuning`
+    conditions: dict[str, str] = field(default_factory=dict)  # with arms: listed values (key: "a,b"), each combination its own comparison
     tuning: TuningSettings = field(default_factory=TuningSettings)
     sequential: SequentialSettings = field(default_factory=SequentialSettings)
     effect_of_interest: float | None = None  # a difference worth detecting: each verdict says how many seeds detect it
@@ -243,6 +244,9 @@ class SweeperConf:
                                  f"got {sequential.boundary!r}")
             if not 0.0 < sequential.alpha < 1.0:
                 raise ValueError(f"hydra.sweeper.sequential.alpha must be in (0, 1), got {sequential.alpha}")
+        if self.conditions and not self.arms:
+            raise ValueError("hydra.sweeper.conditions are crossed with hydra.sweeper.arms: without arms, list the values on the "
+                             "command line (a grid)")
         if self.arms:
             self._check_arms()
 
@@ -250,7 +254,10 @@ class SweeperConf:
         """A tuned comparison: two arms or more, one of them the baseline, seeds to tune and to confirm on."""
         if len(self.arms) < 2:
             raise ValueError(f"hydra.sweeper.arms needs two arms or more to compare, got {list(self.arms)}")
-        if self.search == "grid":
+        if self.tuning.budget == 0 and (self.params or any(arm.params for arm in self.arms.values())):
+            raise ValueError("hydra.sweeper.tuning.budget=0 searches nothing: drop hydra.sweeper.params and the arms' params (fix those "
+                             "settings in the arms' overrides; listed values to compare in are hydra.sweeper.conditions), or give a budget")
+        if self.search == "grid" and self.tuning.budget > 0:
             raise ValueError("hydra.sweeper.arms tunes each arm with an Optuna search: hydra.sweeper.search must be auto or optuna")
         if not self.baseline or not any(self.baseline in arm.overrides for arm in self.arms.values()):
             raise ValueError(f"hydra.sweeper.baseline ({self.baseline!r}) must be one of the arms' overrides: "
@@ -261,9 +268,10 @@ class SweeperConf:
             shared = sorted(set(arm.params) & set(self.params))
             if shared:
                 raise ValueError(f"hydra.sweeper.arms.{name}.params repeats {shared} of hydra.sweeper.params: give each key once")
-        if self.tuning.budget < 1 or not self.tuning.seeds or len(set(self.tuning.seeds)) != len(self.tuning.seeds):
-            raise ValueError(f"hydra.sweeper.tuning needs budget >= 1 and distinct seeds, got budget={self.tuning.budget}, "
-                             f"seeds={list(self.tuning.seeds)}")
+        if self.tuning.budget < 0 or (self.tuning.budget > 0 and not self.tuning.seeds) \
+                or len(set(self.tuning.seeds)) != len(self.tuning.seeds):
+            raise ValueError(f"hydra.sweeper.tuning needs budget >= 0 and distinct seeds (some, to search), got "
+                             f"budget={self.tuning.budget}, seeds={list(self.tuning.seeds)}")
         if self.confirm_seeds < 2:
             raise ValueError("hydra.sweeper.arms: each arm's best is confirmed on fresh seeds: hydra.sweeper.confirm_seeds must be >= 2, "
                              f"got {self.confirm_seeds}")

@@ -37,7 +37,7 @@ from ghm.sweep.config import ArmConf, SweeperConf
 from ghm.sweep.identity import SweepIdentity
 from ghm.sweep.parent_run import ParentRun
 from ghm.sweep.report import check_failures, provenance, report
-from ghm.sweep.search import ArmSearch, GridSearch, OptunaSearch, Search
+from ghm.sweep.search import ArmSearch, GridSearch, OptunaSearch, Role, Search
 from ghm.sweep.space import SearchSpace, parse_search_space
 from ghm.sweep.trials import TaskJob, TrialSpec, failure_value, ray_session, run_trials
 from ghm.tracking.store import default_tracking_uri
@@ -46,10 +46,10 @@ log = logging.getLogger(__name__)
 
 
 def search_kind(settings: SweeperConf, space: SearchSpace) -> str:
-    """``tuned`` with arms; else ``grid`` or ``optuna``: with ``search: auto``, hydra-optuna-sweeper's ``params`` mean a search,
-    command-line lists a grid."""
+    """``tuned`` with arms (``arms`` when none is searched: ``tuning.budget: 0``); else ``grid`` or ``optuna``: with
+    ``search: auto``, hydra-optuna-sweeper's ``params`` mean a search, command-line lists a grid."""
     if settings.arms:
-        return "tuned"
+        return "tuned" if settings.tuning.budget > 0 else "arms"
     if settings.search != "auto":
         return settings.search
     searched = parse_search_space([], settings.params).sweeps if settings.params else ()
@@ -74,8 +74,9 @@ def sweep_definition(settings: SweeperConf, space: SearchSpace, kind: str) -> di
                   "pruning": [settings.pruner.enabled, settings.pruner.grace_period, settings.pruner.reduction_factor]}
     if settings.sequential.enabled:
         definition["sequential"] = str(settings.sequential)
-    if kind == "tuned":
+    if kind in ("tuned", "arms"):
         definition.update(arms={name: [arm.overrides, arm.params] for name, arm in settings.arms.items()},
+                          conditions=dict(settings.conditions),
                           tuning=[settings.tuning.budget, list(settings.tuning.seeds)])
     return definition
 
@@ -111,7 +112,7 @@ class Sweep:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         parent = ParentRun.of(self.settings.mlflow, self.root_dir)
-        storage = self.study_storage() if kind in ("optuna", "tuned") else None
+        storage = self.study_storage() if kind in ("optuna", "tuned") else None  # a comparison of fixed arms searches nothing
         identity = SweepIdentity.resolve(sweep_name(self.settings, space, kind),
                                          {**sweep_definition(self.settings, space, kind), "storage": storage},
                                          self.tune_storage(), explicit=bool(self.settings.study_name), resume=self.settings.resume,
@@ -123,9 +124,9 @@ class Sweep:
             parent.start(name, kind, self._definition(space, kind, name), identity.resuming)
         try:
             with ray_session(self.settings.ray):
-                if kind == "tuned":
-                    trials, comparisons, tuning, notes, searched = self._tuned(space, name, parent, storage, sweep_dir,
-                                                                               identity.resuming)
+                if kind in ("tuned", "arms"):
+                    trials, comparisons, tuning, notes, searched = self._arms(space, name, parent, storage, sweep_dir,
+                                                                              identity.resuming)
                 else:
                     search = self._search(space, kind, name, parent, storage)
                     trials = self._run(name, search, space.fixed, parent, sweep_dir, identity.resuming)
@@ -189,13 +190,13 @@ class Sweep:
         return environment
 
     def _grid(self, points: dict[int, dict[str, Any]], fixed: tuple[str, ...], parent: ParentRun | None,
-              arms: dict[int, str | None] | None = None) -> GridSearch:
-        """A grid whose baseline points that already ran are reused, the others to run (``arms``: a tuned confirmation's)."""
+              roles: dict[int, Role] | None = None) -> GridSearch:
+        """A grid whose baseline points that already ran are reused, the others to run (``roles``: a comparison of arms')."""
         reused = reuse_finished(points, fixed, self.pairing, parent, self._compose, self.settings.metric,
                                 lambda params: self.pairing.value_of(params, fixed, self.config),
                                 baselines_only=self.settings.reuse == "baselines") \
             if parent and (self.pairing.baseline or self.settings.reuse == "finished") else []
-        return GridSearch(points, reused, arms)
+        return GridSearch(points, reused, roles)
 
     def _compose(self, overrides: list[str]) -> DictConfig:
         return self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
@@ -215,9 +216,11 @@ class Sweep:
                              pruner=self.settings.pruner, max_epochs=self.settings.max_epochs, storage=storage,
                              resume=resume)
         results += search.settle({r.number for r in results}, Path(spec.completed_dir))
+        roles = {r.number: search.role(r.number) for r in results}
         ran = [TrialRecord(number=r.number, params=r.params, state=r.state, objective=r.objective,
                            seed=self.pairing.value_of(r.params, fixed, self.config), baseline=self.pairing.is_baseline(r.params, fixed),
-                           error=r.error, arm=search.membership(r.number)[0], search_trial=search.membership(r.number)[1])
+                           error=r.error, arm=roles[r.number].arm, search_trial=roles[r.number].search_trial,
+                           condition=dict(roles[r.number].condition))
                for r in results]
         return sorted(search.given() + ran, key=lambda t: t.number)
 
@@ -229,15 +232,15 @@ class Sweep:
             log.warning("no finished trial to confirm")
             return [], [], []
         log.info("confirming %s against the baseline on fresh seeds", self.pairing.setting_label(params))
-        return self._looks(lambda seeds: confirmation_points(params, self.pairing, seeds), fresh_seed(trials),
-                           max(t.number for t in trials) + 1, fixed, name, parent, sweep_dir, resume)
+        return self._looks(lambda seeds: [(point, Role()) for point in confirmation_points(params, self.pairing, seeds)],
+                           fresh_seed(trials), max(t.number for t in trials) + 1, fixed, name, parent, sweep_dir, resume)
 
-    def _looks(self, points: Callable[[list[int]], list[dict[str, Any]]], first_seed: int, first_number: int, fixed: tuple[str, ...],
-               name: str, parent: ParentRun | None, sweep_dir: Path, resume: bool,
-               arm_of: Callable[[dict[str, Any]], str | None] = lambda point: None) -> tuple[list[TrialRecord], list, list[str]]:
-        """Confirmation: ``points(seeds)`` on ``confirm_seeds`` fresh seeds, then, with ``sequential``, more in planned looks
-        until every interval (at the look's corrected level) excludes 0 or the planned maximum is reached (``arm_of``: a
-        tuned comparison's arm of a point).
+    def _looks(self, points: Callable[[list[int]], list[tuple[dict[str, Any], Role]]], first_seed: int, first_number: int,
+               fixed: tuple[str, ...], name: str, parent: ParentRun | None, sweep_dir: Path,
+               resume: bool) -> tuple[list[TrialRecord], list, list[str]]:
+        """Confirmation: ``points(seeds)`` (each with its role in a comparison of arms) on ``confirm_seeds`` fresh seeds, then,
+        with ``sequential``, more in planned looks until every interval (at the look's corrected level) excludes 0 or the
+        planned maximum is reached.
 
         Returns the confirmation's trials, its comparisons and, for a sequential one, the note stating its rule and outcome.
         """
@@ -253,7 +256,8 @@ class Sweep:
         for look, seeds in enumerate(plan.seeds if plan else (count,), start=1):
             number = max([first_number - 1, *(t.number for t in confirmed)]) + 1
             numbered = dict(enumerate(points(list(range(first_seed + done, first_seed + seeds))), start=number))
-            grid = self._grid(numbered, fixed, parent, {n: arm_of(point) for n, point in numbered.items()})
+            grid = self._grid({n: point for n, (point, _) in numbered.items()}, fixed, parent,
+                              {n: role for n, (_, role) in numbered.items()})
             confirmed += self._run(f"{name}-confirm" if look == 1 else f"{name}-confirm-look{look}", grid, fixed, parent, sweep_dir,
                                    resume)
             done = seeds
@@ -272,60 +276,78 @@ class Sweep:
                      seeds, level, plan.seeds[look] - seeds)
         raise AssertionError("unreachable: the last look returns")
 
-    def _tuned(self, space: SearchSpace, name: str, parent: ParentRun | None, storage: str | None, sweep_dir: Path,
-               resume: bool) -> tuple[list[TrialRecord], list, list, list[str], dict[str, Any]]:
-        """Each arm searched with the same sampler and budget on the tuning seeds, then its best confirmed on fresh seeds.
+    def _arms(self, space: SearchSpace, name: str, parent: ParentRun | None, storage: str | None, sweep_dir: Path,
+              resume: bool) -> tuple[list[TrialRecord], list, list, list[str], dict[str, Any]]:
+        """A comparison of arms: in each condition (a combination of the command line's listed values, crossed with the
+        arms), each arm searched with the same sampler and budget on the tuning seeds (none with ``tuning.budget: 0``:
+        each arm at its own given settings), then its best confirmed on fresh seeds, best against best by seed.
 
-        Returns the trials (the searches' and the confirmation's), the comparisons of the arms' bests, each arm's
-        tuning, the notes saying how the verdict was reached, and the searched space (none for the record's own:
-        each arm's is in its tuning).
+        Returns the trials (the searches' and the confirmation's), the comparisons, each arm's tuning per condition, the
+        notes saying how the verdict was reached, and the searched space (none for the record's own: each arm's is in
+        its tuning).
         """
         from ghm.comparison.tuning import confirmation_seeds, summarize_arm
 
-        assert storage is not None, "a tuned comparison keeps its arms' studies"
         budget, seeds = self.settings.tuning.budget, list(self.settings.tuning.seeds)
-        stride = 2 * budget * len(seeds)  # each arm's job numbers, with room for search trials an interrupted sweep asked for
-        arms = {arm_name: self._arm(arm_name, arm, space) for arm_name, arm in self.settings.arms.items()}
+        # hydra.sweeper.params (and intervals on the command line) are searched; lists on the command line and
+        # hydra.sweeper.conditions are conditions, each its own comparison of the arms
+        is_searched = [o.is_interval_sweep() or o.get_key_element() in self.settings.params for o in space.sweeps]
+        searched = SearchSpace(fixed=(), sweeps=tuple(o for o, s in zip(space.sweeps, is_searched, strict=True) if s))
+        listed = SearchSpace(fixed=(), sweeps=tuple(o for o, s in zip(space.sweeps, is_searched, strict=True) if not s)
+                             + parse_search_space([f"{k}={v}" for k, v in self.settings.conditions.items()]).sweeps)
+        if any(o.is_interval_sweep() for o in listed.sweeps):
+            raise ValueError("hydra.sweeper.conditions must list values (key: 'a,b'), not intervals: intervals are searched (params)")
+        conditions = listed.grid() if listed.sweeps else [{}]
+        arms = {arm_name: self._arm(arm_name, arm, searched, listed) for arm_name, arm in self.settings.arms.items()}
+        stride = 2 * budget * len(seeds)  # each search's job numbers, with room for search trials an interrupted sweep asked for
         trials: list[TrialRecord] = []
         tuning = []
-        for index, (arm_name, (overrides, arm_space)) in enumerate(arms.items()):
-            search = ArmSearch(arm_name, overrides, arm_space, self.settings.sampler, storage, f"{name}-{arm_name}", budget, seeds,
-                               self.pairing.pair_by, index * stride, self.settings.metric)
-            log.info("tuning arm %s (%s): %d search trials x %d seeds over %s", arm_name, " ".join(self.settings.arms[arm_name].overrides),
-                     budget, len(seeds), ", ".join(arm_space.keys))
-            ran = self._run(f"{name}-{arm_name}", search, space.fixed, parent, sweep_dir, resume)
-            trials += ran
-            tuning.append(summarize_arm(arm_name, self.settings.arms[arm_name].overrides, budget, seeds, search.space(), ran,
-                                        self.settings.direction))
-        missing = [a.name for a in tuning if a.best is None]
-        if missing:
-            log.warning("no search trial of %s finished on every tuning seed: nothing of it to confirm", ", ".join(missing))
-        bests = {a.name: {**arms[a.name][0], **a.best} for a in tuning if a.best is not None}
+        bests: list[tuple[str, dict[str, Any], dict[str, Any]]] = []  # (arm, its overrides and best values, condition)
+        for c, condition in enumerate(conditions):
+            for a, (arm_name, (overrides, arm_space)) in enumerate(arms.items()):
+                if budget == 0 or not arm_space.sweeps:
+                    bests.append((arm_name, overrides, condition))
+                    continue
+                search_name = f"{name}-{arm_name}" + (f"-{c}" if len(conditions) > 1 else "")
+                search = ArmSearch(arm_name, overrides, arm_space, self.settings.sampler, storage or "", search_name, budget, seeds,
+                                   self.pairing.pair_by, (c * len(arms) + a) * stride, self.settings.metric, condition)
+                log.info("tuning arm %s (%s)%s: %d search trials x %d seeds over %s", arm_name,
+                         " ".join(self.settings.arms[arm_name].overrides), "".join(f" {k}={v}" for k, v in condition.items()),
+                         budget, len(seeds), ", ".join(arm_space.keys))
+                ran = self._run(search_name, search, space.fixed, parent, sweep_dir, resume)
+                trials += ran
+                arm = summarize_arm(arm_name, self.settings.arms[arm_name].overrides, budget, seeds, search.space(), ran,
+                                    self.settings.direction, condition)
+                tuning.append(arm)
+                if arm.best is None:
+                    log.warning("no search trial of %s finished on every tuning seed: nothing of it to confirm", arm.label)
+                else:
+                    bests.append((arm_name, {**overrides, **arm.best}, condition))
 
-        def points(fresh: list[int]) -> list[dict[str, Any]]:
-            return [{**best, self.pairing.pair_by: seed} for best in bests.values() for seed in fresh]
+        def points(fresh: list[int]) -> list[tuple[dict[str, Any], Role]]:
+            return [({**best, **condition, self.pairing.pair_by: seed}, Role(arm_name, None, tuple(condition.items())))
+                    for arm_name, best, condition in bests for seed in fresh]
 
-        def arm_of(point: dict[str, Any]) -> str:
-            return next(arm_name for arm_name, best in bests.items() if all(point.get(k) == v for k, v in best.items()))
-
-        confirmed, comparisons, looks = self._looks(points, confirmation_seeds(seeds, 1)[0], len(arms) * stride, space.fixed, name,
-                                                    parent, sweep_dir, resume, arm_of)
-        notes = [note for note in (provenance("tuned", self.settings, self.pairing), *looks) if note]
+        first = confirmation_seeds(seeds, 1)[0] if budget else 0
+        confirmed, comparisons, looks = self._looks(points, first, len(conditions) * len(arms) * stride, space.fixed, name, parent,
+                                                    sweep_dir, resume)
+        notes = [note for note in (provenance("tuned" if budget else "arms", self.settings, self.pairing), *looks) if note]
         return trials + confirmed, comparisons, tuning, notes, {}
 
-    def _arm(self, name: str, arm: ArmConf, space: SearchSpace) -> tuple[dict[str, str], SearchSpace]:
-        """An arm's overrides as swept values (``{"loss": "ghm"}``) and its search space: the shared one and its own."""
+    def _arm(self, name: str, arm: ArmConf, searched: SearchSpace, listed: SearchSpace) -> tuple[dict[str, Any], SearchSpace]:
+        """An arm's overrides as values (``{"loss": "ghm"}``) and its search space: the shared one and its own."""
         overrides = {}
         for override in OverridesParser.create().parse_overrides(list(arm.overrides)):
             if override.is_sweep_override() or override.is_add() or override.is_delete():
                 raise ValueError(f"hydra.sweeper.arms.{name}.overrides must be plain key=value overrides, got {override.input_line!r}")
             overrides[override.get_key_element()] = override.get_value_element_as_str()
         own = parse_search_space([], dict(arm.params)).sweeps
-        arm_space = SearchSpace(fixed=(), sweeps=(*space.sweeps, *own))
-        clash = sorted(set(overrides) & set(arm_space.keys)) or sorted({o.get_key_element() for o in own} & set(space.keys))
+        arm_space = SearchSpace(fixed=(), sweeps=(*searched.sweeps, *own))
+        keys = [*overrides, *arm_space.keys, *listed.keys]
+        clash = sorted({k for k in keys if keys.count(k) > 1})
         if clash:
-            raise ValueError(f"hydra.sweeper.arms.{name}: {clash} given twice (an arm's overrides, its params and the shared space "
-                             "must not share a key)")
+            raise ValueError(f"hydra.sweeper.arms.{name}: {clash} given twice (an arm's overrides, its params, the shared search "
+                             "space and the conditions must not share a key)")
         return overrides, arm_space
 
     def _definition(self, space: SearchSpace, kind: str, name: str) -> dict[str, Any]:

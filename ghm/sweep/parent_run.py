@@ -100,7 +100,7 @@ class ParentRun:
                 if not math.isnan(value):
                     self.client.log_metric(self.run_id, f"{key}/{metric_slug(c.setting)}", value)
         for arm in record.tuning:  # each arm's tuning curve: MLflow's UI charts it against the search trial
-            curve = [Metric(f"tuning_best_so_far/{metric_slug(arm.name)}", value, 0, step)
+            curve = [Metric(f"tuning_best_so_far/{metric_slug(arm.label)}", value, 0, step)
                      for step, value in enumerate(arm.curve, start=1) if value is not None]
             if curve:
                 self.client.log_batch(self.run_id, metrics=curve)

@@ -44,6 +44,9 @@ def provenance(kind: str, settings: SweeperConf, pairing: Pairing) -> str | None
     measures how well those settings suit the others (None without a baseline: no verdict)."""
     if pairing.baseline is None:
         return None
+    if kind == "arms":
+        return ("Fixed arms: each arm ran at its own given settings (" + "; ".join(f"{name}: {' '.join(arm.overrides)}" for name, arm
+                in settings.arms.items()) + "), none searched by this sweep; the verdict compares them paired by seed")
     if kind == "tuned":
         shared = ", ".join(settings.params) or "no shared parameter"
         return (f"Tuned comparison: each arm ({', '.join(settings.arms)}) searched {shared} and its own parameters with the same "

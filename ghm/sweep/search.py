@@ -42,6 +42,15 @@ class TrialResult:
 
 
 @dataclass(frozen=True)
+class Role:
+    """A job's place in a comparison of arms: its arm, its arm's search trial (None: a confirmation), its condition."""
+
+    arm: str | None = None
+    search_trial: int | None = None
+    condition: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
 class TunePlan:
     """Ray Tune's view of a search: ``Tuner(param_space=..., tune_config=TuneConfig(search_alg=..., num_samples=...))``."""
 
@@ -76,9 +85,9 @@ class Search(ABC):
         """Whether any trial is left to run."""
         return True
 
-    def membership(self, number: int) -> tuple[str | None, int | None]:
-        """The tuned comparison's arm and search trial the trial ``number`` belongs to (none outside a tuned comparison)."""
-        return None, None
+    def role(self, number: int) -> Role:
+        """The trial ``number``'s place in a comparison of arms (none outside one)."""
+        return Role()
 
     @abstractmethod
     def settle(self, known: set[int], completed: Path) -> list[TrialResult]:
@@ -94,13 +103,14 @@ class GridSearch(Search):
     prunable = False  # a grid is a comparison: every one of its runs finishes
 
     def __init__(self, points: dict[int, dict[str, Any]], reused: list[TrialRecord] | None = None,
-                 arms: dict[int, str | None] | None = None) -> None:
+                 roles: dict[int, Role] | None = None) -> None:
         self.points = points
         self.reused = list(reused or [])
         self.todo = sorted(set(points) - {t.number for t in self.reused})
-        self.arms = dict(arms or {})  # a tuned comparison's confirmation: each point's arm
+        self.roles = dict(roles or {})  # a comparison of arms' confirmation: each point's arm and condition
         for trial in self.reused:
-            trial.arm = self.arms.get(trial.number)
+            role = self.role(trial.number)
+            trial.arm, trial.condition = role.arm, dict(role.condition)
 
     def given(self) -> list[TrialRecord]:
         return list(self.reused)
@@ -108,8 +118,8 @@ class GridSearch(Search):
     def runs_any(self) -> bool:
         return bool(self.todo)
 
-    def membership(self, number: int) -> tuple[str | None, int | None]:
-        return self.arms.get(number), None
+    def role(self, number: int) -> Role:
+        return self.roles.get(number, Role())
 
     def settle(self, known: set[int], completed: Path) -> list[TrialResult]:
         """A grid keeps no records beside Ray Tune's (its trials' numbers are fixed): nothing to settle."""
@@ -217,12 +227,14 @@ class ArmSearch(OptunaSearch):
     jobs are numbered from ``first_number``: suggestion ``t`` on the ``i``-th seed is ``first_number + t * seeds + i``.
     """
 
-    def __init__(self, arm: str, overrides: dict[str, str], space: SearchSpace, sampler: dict[str, Any] | None, storage: str,
-                 study_name: str, budget: int, seeds: list[int], pair_by: str, first_number: int, metric: str) -> None:
+    def __init__(self, arm: str, overrides: dict[str, Any], space: SearchSpace, sampler: dict[str, Any] | None, storage: str,
+                 study_name: str, budget: int, seeds: list[int], pair_by: str, first_number: int, metric: str,
+                 condition: dict[str, Any] | None = None) -> None:
         super().__init__(space, sampler, storage, study_name, budget)
         self.arm = arm
         self.metric = metric
-        self.overrides = overrides
+        self.condition = dict(condition or {})
+        self.overrides = {**overrides, **self.condition}  # every job of the search gets the arm's and the condition's values
         self.seeds = list(seeds)
         self.pair_by = pair_by
         self.first_number = first_number
@@ -241,8 +253,8 @@ class ArmSearch(OptunaSearch):
     def _params(self, searched: dict[str, Any], index: int) -> dict[str, Any]:
         return {**self.overrides, **searched, self.pair_by: self.seeds[index]}
 
-    def membership(self, number: int) -> tuple[str | None, int | None]:
-        return self.arm, (number - self.first_number) // len(self.seeds)
+    def role(self, number: int) -> Role:
+        return Role(self.arm, (number - self.first_number) // len(self.seeds), tuple(self.condition.items()))
 
     def settle(self, known: set[int], completed: Path) -> list[TrialResult]:
         """As :meth:`OptunaSearch.settle`, per seed: a lost job's result is its own record (``completed/<number>.json``)."""
