@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
@@ -11,9 +12,11 @@ from scipy import stats
 
 from ghm.comparison.pairing import Pairing
 from ghm.comparison.record import FINISHED, SweepRecord, TrialRecord
+from ghm.comparison.settings import compare_settings
 from ghm.reproduction.__main__ import main
 from ghm.reproduction.paper import PaperRow, PaperTable
 from ghm.reproduction.report import build_report
+from ghm.reproduction.studies import Study
 
 # Three settings on three seeds: CE well below focal loss, GHM-C indistinguishable from it.
 MAP = {"ce_sl1": [0.20, 0.22, 0.21], "focal": [0.30, 0.33, 0.31], "ghmc_sl1": [0.31, 0.32, 0.32]}
@@ -124,3 +127,65 @@ def test_a_table_the_paper_orders_nothing_in_says_so(tmp_path: Path) -> None:
     report = build_report(client, (PaperTable("cls", "Ours alone", "loss=focal", (PaperRow("loss=focal", "FL", 35.6),), "paper"),))
     assert "The paper orders none of these settings" in report and "orderings here" not in report
     assert row(report, "`loss=ghmc_sl1`")[5].startswith(f"{np.subtract(MAP['ghmc_sl1'], MAP['focal']).mean() * 100:+.1f} [")
+
+
+def store_arms_sweep(client: MlflowClient, experiment: str, values: dict[tuple[str, str], list[float]], key: str,
+                     ap50: float = 0.6) -> None:
+    """A finished comparison of arms as the engine leaves it: each (arm, condition) on seeds 2-4, per-epoch mAP histories."""
+    experiment_id = client.create_experiment(experiment)
+    parent = client.create_run(experiment_id, tags={"sweep_parent": "sweep-arms", "search": "arms"}).info.run_id
+    trials = []
+    for number, ((arm, level), seed) in enumerate((cell, seed) for cell in values for seed in range(3)):
+        run = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
+        final = values[(arm, level)][seed]
+        for epoch in range(1, int(level) + 1):
+            client.log_metric(run, "mAP", final * epoch / int(level), step=epoch)
+        client.log_metric(run, "AP50", ap50)
+        client.set_terminated(run)
+        trials.append(TrialRecord(number, {"loss": arm, key: level, "seed": seed + 2}, FINISHED, final, seed + 2, arm == "focal", run,
+                                  arm=arm, condition={key: level}))
+    pairing = Pairing.declare("loss=focal")
+    record = SweepRecord("sweep-arms", "arms", "mAP", "maximize", pairing, trials, compare_settings(trials, pairing, effect=0.014),
+                         notes=["Fixed arms: each arm ran at its own given settings"])
+    client.log_dict(parent, record.to_json(), "sweep.json")
+    client.set_terminated(parent)
+
+
+def test_a_study_gives_each_condition_its_paired_difference_and_the_figures_are_drawn(tmp_path: Path) -> None:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    values = {("focal", "7"): [0.34, 0.35, 0.33], ("ghm", "7"): [0.10, 0.12, 0.11],
+              ("focal", "14"): [0.40, 0.41, 0.42], ("ghm", "14"): [0.38, 0.42, 0.40]}
+    store_arms_sweep(client, "schedule", values, "train.epochs")
+    study = Study("schedule", "Schedule", "Does GHM catch up?", axis="train.epochs", curves=True)
+    report = build_report(client, (), (study,), figures=tmp_path / "docs" / "figures")
+    seven = row(report, "train.epochs=7")
+    differences = np.subtract(values[("ghm", "7")], values[("focal", "7")])
+    interval = stats.ttest_rel(values[("ghm", "7")], values[("focal", "7")]).confidence_interval()
+    assert seven[1] == "ghm train.epochs=7" and seven[2] == f"{np.mean(values[('ghm', '7')]) * 100:.1f}"
+    assert seven[3] == f"{np.mean(values[('focal', '7')]) * 100:.1f} (60.0)"  # the baseline's mAP and, in brackets, its AP50
+    assert seven[4] == f"{differences.mean() * 100:+.1f} [{interval.low * 100:+.1f}, {interval.high * 100:+.1f}] (95%)"
+    assert seven[5] == "0.00 [0.00, 0.56]" and seven[7] == "3"
+    assert row(report, "train.epochs=14")[5].startswith("0.33 [")  # 1 of 3 seeds better
+    assert "- Fixed arms: each arm ran at its own given settings" in report
+    for name in ("schedule_curves.png", "difference_by_axis.png"):
+        assert (tmp_path / "docs" / "figures" / name).stat().st_size > 10_000 and f"](figures/{name})" in report
+
+
+def test_a_table_run_at_two_rates_is_given_at_each(tmp_path: Path) -> None:
+    """A paper table swept at each arm's tuned rate (train=...): one table per rate, each compared within its rate."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = client.create_experiment("cls")
+    parent = client.create_run(experiment_id, tags={"sweep_parent": "sweep-rates", "search": "grid"}).info.run_id
+    trials = []
+    for number, (loss, rate, seed) in enumerate(itertools.product(("focal", "ghmc_sl1"), ("a", "b"), range(2))):
+        value = {"focal": 0.3, "ghmc_sl1": 0.2}[loss] + (0.1 if rate == "b" else 0.0) + 0.01 * seed
+        run = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
+        client.log_metric(run, "mAP", value)
+        client.log_metric(run, "AP50", 0.6)
+        trials.append(TrialRecord(number, {"loss": loss, "train": rate, "seed": seed}, FINISHED, value, seed, loss == "focal", run))
+    record = SweepRecord("sweep-rates", "grid", "mAP", "maximize", Pairing.declare("loss=focal"), trials, [])
+    client.log_dict(parent, record.to_json(), "sweep.json")
+    report = build_report(client, (TABLE,), ())
+    assert "### At `train=a`" in report and "### At `train=b`" in report
+    at_a, at_b = report.split("### At `train=b`")
+    assert row(at_a, "GHM-C (`loss=ghmc_sl1`)")[5].startswith("-10.0 [") and row(at_b, "FL (`loss=focal`)")[3].startswith("40.5 ")

@@ -7,7 +7,7 @@ shows what they give.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ghm.comparison.pairing import Pairing
@@ -24,24 +24,28 @@ def setting_of(trial: TrialRecord, pairing: Pairing) -> str:
     return pairing.setting_label(trial.params)
 
 
-def compare_settings(trials: Sequence[TrialRecord], pairing: Pairing, direction: str = "maximize", effect: float | None = None,
-                     confidence: float = 0.95) -> list[PairedComparison]:
-    """Each setting (the swept values but the pairing key) against the baseline in its context, on the seeds both finished.
-
-    The context is what a baseline trial sweeps besides the baseline's key and the pairing key (a grid of ``loss=focal,ghm
-    train.lr=0.01,0.02`` compares each rate's GHM with that rate's focal loss), or an arm's condition: a setting is compared
-    with the baseline of its own context only. ``effect``: a difference of interest, whose seeds needed each comparison
-    gives; ``confidence``: of its t interval. A comparison of arms' search trials are no settings of the verdict.
-    """
-    usable = [t for t in trials if t.objective is not None and t.state in (FINISHED, REUSED) and t.seed is not None
-              and t.search_trial is None]
-    keys = sorted({k for t in usable if t.baseline and t.arm is None for k in t.params} - {pairing.baseline_key, pairing.pair_by})
+def context_of(trials: Sequence[TrialRecord], pairing: Pairing) -> Callable[[TrialRecord], tuple[tuple[str, str], ...]]:
+    """What a setting is compared within: what the baseline trials sweep besides the baseline's key and the pairing key (a grid
+    of ``loss=focal,ghm train.lr=0.01,0.02`` compares each rate's GHM with that rate's focal loss), or an arm's condition."""
+    keys = sorted({k for t in trials if t.baseline and t.arm is None for k in t.params} - {pairing.baseline_key, pairing.pair_by})
 
     def context(trial: TrialRecord) -> tuple[tuple[str, str], ...]:
         if trial.arm is not None:
             return tuple((k, str(v)) for k, v in trial.condition.items())
         return tuple((k, str(trial.params.get(k))) for k in keys)
 
+    return context
+
+
+def compare_settings(trials: Sequence[TrialRecord], pairing: Pairing, direction: str = "maximize", effect: float | None = None,
+                     confidence: float = 0.95) -> list[PairedComparison]:
+    """Each setting (the swept values but the pairing key) against the baseline of its context (:func:`context_of`), on the
+    seeds both finished. ``effect``: a difference of interest, whose seeds needed each comparison gives; ``confidence``: of
+    its t interval. A comparison of arms' search trials are no settings of the verdict.
+    """
+    usable = [t for t in trials if t.objective is not None and t.state in (FINISHED, REUSED) and t.seed is not None
+              and t.search_trial is None]
+    context = context_of(usable, pairing)
     baselines: dict[tuple, dict[int, float]] = {}
     settings: dict[str, tuple[tuple, dict[int, float]]] = {}
     for t in usable:

@@ -12,6 +12,7 @@ from pathlib import Path
 from ghm.comparison.pairing import Pairing
 from ghm.comparison.record import FAILED, FINISHED, REUSED, STATES, SweepRecord
 from ghm.comparison.regime import Regime
+from ghm.comparison.settings import context_of
 from ghm.comparison.statistics import format_table
 from ghm.sweep.config import SweeperConf
 from ghm.sweep.parent_run import ParentRun
@@ -22,9 +23,8 @@ log = logging.getLogger(__name__)
 def report(record: SweepRecord, parent: ParentRun | None, sweep_dir: Path) -> None:
     """Print the comparison; record it, with the dashboard, on the parent run and close it."""
     table = format_table(record.comparisons, record.metric) if record.comparisons else "(no setting could be paired with the baseline)"
-    regime = baseline_regime(record, parent)
-    if regime:
-        table = f"{table}\n{regime.line()}"
+    for where, regime in baseline_regimes(record, parent).items():
+        table = f"{table}\n{regime.line()}" + (f" ({where})" if where else "")
     for arm in record.tuning:
         table = "\n".join([table, f"Arm {arm.line()}", *arm.warnings])
     if record.notes:
@@ -60,16 +60,23 @@ def provenance(kind: str, settings: SweeperConf, pairing: Pairing) -> str | None
             "those settings suit each setting. A fair verdict tunes every arm alike: hydra.sweeper.arms")
 
 
-def baseline_regime(record: SweepRecord, parent: ParentRun | None) -> Regime | None:
-    """The baseline's final mAP and AP50 per seed, read from its MLflow runs (none without a baseline or tracking)."""
+def baseline_regimes(record: SweepRecord, parent: ParentRun | None) -> dict[str, Regime]:
+    """The baseline's final mAP and AP50 per seed in each context (one regime line per rate, condition, ...), read from its
+    MLflow runs; none without a baseline, tracking, or detection metrics (a task that reports none has no detection regime)."""
     if record.pairing.baseline is None or parent is None:
-        return None
-    runs = {t.seed: t.mlflow_run_id for t in record.trials
-            if t.baseline and t.state in (FINISHED, REUSED) and t.mlflow_run_id and t.seed is not None and t.search_trial is None}
-    metrics = {seed: parent.client.get_run(run).data.metrics for seed, run in runs.items()}
-    if metrics and not any("AP50" in m for m in metrics.values()):
-        return None  # a task that reports no detection metrics has no detection regime
-    return Regime.from_runs(record.pairing.baseline, metrics)
+        return {}
+    baselines = [t for t in record.trials if t.baseline and t.state in (FINISHED, REUSED) and t.mlflow_run_id and t.seed is not None
+                 and t.search_trial is None]
+    context = context_of(baselines, record.pairing)
+    metrics: dict[str, dict[int, dict[str, float]]] = {}
+    for trial in baselines:
+        where = " ".join(f"{k}={v}" for k, v in context(trial))
+        metrics.setdefault(where, {})[trial.seed] = parent.client.get_run(trial.mlflow_run_id).data.metrics
+    if not metrics:
+        return {"": Regime.from_runs(record.pairing.baseline, {})}  # said: the comparison has no reference
+    if not any("AP50" in m for by_seed in metrics.values() for m in by_seed.values()):
+        return {}
+    return {where: Regime.from_runs(record.pairing.baseline, by_seed) for where, by_seed in sorted(metrics.items())}
 
 
 def _dashboard(parent: ParentRun, record: SweepRecord, output: Path) -> None:
