@@ -23,6 +23,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from devtools.cluster import free_port, stop_process_group
+from ghm.comparison.record import SweepRecord
 from ghm.dashboard.build import build_dashboard
 from tests.conftest import ROOT, SMALL_DATA
 
@@ -65,6 +66,18 @@ def search(tmp_path_factory: pytest.TempPathFactory, ray_head: dict[str, str]) -
                   f"hydra.sweeper.storage=sqlite:///{tmp / 'optuna.db'}"], APPS, ray_head)
     return {"uri": uri, "dir": tmp, "output": output, "page": tmp / "multirun" / "dashboard.html",
             "storage": f"sqlite:///{tmp / 'optuna.db'}"}
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory: pytest.TempPathFactory, ray_head: dict[str, str]) -> dict[str, Any]:
+    """A tuned comparison of the curves app: 4 search trials per arm on seeds 0 and 1, the bests confirmed on seeds 2 and 3."""
+    tmp = tmp_path_factory.mktemp("tuned")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    output = run(["curves.py", "--config-name", "curves_tuned", "-m", "hydra.sweeper.study_name=tuned", "hydra.sweeper.tuning.budget=4",
+                  "hydra.sweeper.confirm_seeds=2", "hydra.sweeper.pruner.enabled=false", f"log={tmp / 'log'}", f"+mlflow_uri={uri}",
+                  f"+mlflow.tracking_uri={uri}", "+mlflow.experiment_name=tuned", f"hydra.sweep.dir={tmp / 'multirun'}",
+                  f"hydra.sweeper.ray.storage_path={tmp / 'ray'}", f"hydra.sweeper.storage=sqlite:///{tmp / 'optuna.db'}"], APPS, ray_head)
+    return {"uri": uri, "dir": tmp, "output": output, "page": tmp / "multirun" / "dashboard.html"}
 
 
 @pytest.fixture(scope="module")
@@ -152,24 +165,53 @@ def test_the_search_dashboard_shows_pruned_and_failed_trials(search: dict[str, A
     assert all(count > 0 for count in rendered_plots(page))
     trials = table(page, "#trials")
     assert len(trials) == 8
-    states = [row[3] for row in trials]
+    states = [row[4] for row in trials]  # number, setting, role (a tuned comparison's), seed, state, objective, error
     assert "failed" in states and "pruned" in states and "finished" in states
     for row in trials:
         x = float(row[1].removeprefix("x="))
-        assert (row[3] == "failed") == (x > 0.8)
-        if row[3] == "failed":
-            assert f"x={row[1].removeprefix('x=')} is above 0.8" in row[5]
+        assert (row[4] == "failed") == (x > 0.8) and row[2] == ""
+        if row[4] == "failed":
+            assert f"x={row[1].removeprefix('x=')} is above 0.8" in row[6]
     for row in table(page, "#leaderboard"):  # the curves app's objective is x itself
         if "finished" in row[8]:
             assert float(row[3]) == pytest.approx(float(row[1].removeprefix("x=")), abs=1e-4)
     titles = page.eval_on_selector_all("h2", "hs => hs.map(h => h.innerText)")
     assert {"Optimisation history", "Parameter importances", "Parallel coordinates", "Slices"} <= set(titles)
-    finished = sorted((int(row[0]), float(row[4])) for row in trials if row[3] == "finished")
+    finished = sorted((int(row[0]), float(row[5])) for row in trials if row[4] == "finished")
     objective = next(t for t in plotted(page)["Optimisation history"] if t["name"] == "Objective Value")
     assert objective["x"] == [number for number, _ in finished]  # the finished trials, only, at their values
     assert objective["y"] == pytest.approx([value for _, value in finished], abs=1e-4)
     assert errors == []
     screenshot(page, tmp_path, "dashboard_search.png")
+
+
+def test_the_tuned_dashboard_shows_each_arms_budget_best_and_tuning_curve(tuned: dict[str, Any], browser: Any,
+                                                                          tmp_path: Path) -> None:
+    client = MlflowClient(tuned["uri"])
+    parent = client.search_runs([client.get_experiment_by_name("tuned").experiment_id], "tags.sweep_parent = 'tuned'")[0]
+    record = SweepRecord.from_json(json.loads(Path(client.download_artifacts(parent.info.run_id, "sweep.json", str(tmp_path))).read_text()))
+    page, errors = open_page(browser, tuned["page"].as_uri())
+    assert all(count > 0 for count in rendered_plots(page))
+    arms = {row[0]: row for row in table(page, "#arms")}
+    assert set(arms) == {"baseline", "candidate"} and all(row[2].startswith("4 x 2 seeds") for row in arms.values())
+    for arm in record.tuning:
+        assert float(arms[arm.name][4]) == pytest.approx(arm.best_value, abs=1e-4)
+        assert f"lr={arm.best['lr']:.4g}" in arms[arm.name][5]
+    curves = {trace["name"]: trace for trace in plotted(page)["Tuning curves"]}
+    for arm in record.tuning:  # each arm's best so far, as the sweep recorded it, against the search trial
+        assert curves[f"{arm.name}: best so far"]["x"] == [1, 2, 3, 4]
+        assert curves[f"{arm.name}: best so far"]["y"] == pytest.approx(arm.curve, abs=1e-9)
+    leaderboard = {row[1]: row for row in table(page, "#leaderboard")}
+    (comparison,) = record.comparisons
+    assert set(leaderboard) == {"baseline", "candidate"} and float(leaderboard["candidate"][5]) == pytest.approx(comparison.mean, abs=1e-4)
+    assert "Tuned comparison: each arm (baseline, candidate) searched lr" in page.inner_text("#tuning")
+    verdict = page.inner_text("#verdict")
+    assert "Best setting candidate beats the baseline" in verdict and "P(better) 1.00 [" in verdict
+    assert f"with 80% power: {comparison.mde:.4f}" in verdict
+    roles = [row[2] for row in table(page, "#trials")]
+    assert roles.count("candidate: confirmation") == 2 and sum(r.startswith("baseline: search trial") for r in roles) == 8
+    assert errors == []
+    screenshot(page, tmp_path, "dashboard_tuned.png")
 
 
 def test_one_command_builds_and_serves_the_dashboard(search: dict[str, Any], browser: Any, tmp_path: Path) -> None:

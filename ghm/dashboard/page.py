@@ -58,10 +58,16 @@ def _verdict(rows: list[dict[str, Any]], record: SweepRecord) -> str:
     low, high = top["diff_low"], top["diff_high"]
     better = (low > 0) if record.direction == "maximize" else (high < 0)
     worse = (high < 0) if record.direction == "maximize" else (low > 0)
-    interval = "one pair, no interval" if low is None or math.isnan(low) else f"95% interval [{low:+.4f}, {high:+.4f}]"
+    comparison = next(c for c in record.comparisons if c.setting == top["setting"])
+    interval = ("one pair, no interval" if low is None or math.isnan(low)
+                else f"{comparison.confidence:.3g} interval [{low:+.4f}, {high:+.4f}]")
     call = "beats the baseline" if better else "is worse than the baseline" if worse else "is not distinguishable from the baseline"
+    power = (f" P(better) {comparison.p_improve:.2f} [{comparison.p_improve_low:.2f}, {comparison.p_improve_high:.2f}] over the seeds; "
+             f"the smallest difference they resolve with 80% power: {_number(comparison.mde)}")
+    if comparison.effect:
+        power += f"; {comparison.effect:g} needs {comparison.seeds_needed or 'n/a'} seed pairs"
     return (f"Best setting <b>{html.escape(top['setting'])}</b> {call}: Δ {html.escape(record.metric)} = {top['diff']:+.4f} "
-            f"({interval}, {top['pairs']} seed pairs).")
+            f"({interval}, {top['pairs']} seed pairs).{html.escape(power)}.")
 
 
 def _number(value: float | None) -> str:
