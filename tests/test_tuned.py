@@ -216,3 +216,35 @@ def test_fixed_arms_compare_in_each_condition_with_planned_looks(tmp_path: Path)
     assert any("Sequential confirmation: Pocock over 2 planned looks at 3, 6 seeds" in note and "the planned maximum was reached" in note
                for note in record.notes)
     assert any(note.startswith("Fixed arms: each arm ran at its own given settings") for note in record.notes)
+
+
+@pytest.mark.slow
+@pytest.mark.local_ray
+def test_a_killed_tuned_sweep_resumes_with_equal_budgets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed in the middle of the first arm's search, the same command resumes it: each arm ends with its budget of search
+    trials, each on both tuning seeds, and a search trial the kill left half-run is failed in its study, not counted."""
+    import os
+    import signal
+    import time
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # the launcher starts its own local Ray, which dies with it
+    log = tmp_path / "log"
+    command = [sys.executable, "curves.py", "--config-name", "curves_tuned", "-m", "hydra.sweeper.study_name=resumed",
+               "hydra.sweeper.pruner.enabled=false", "hydra.sweeper.n_jobs=1", "hydra.sweeper.tuning.budget=4", "seconds_per_epoch=0.5",
+               f"log={log}", f"hydra.sweep.dir={tmp_path / 'multirun'}", f"hydra.sweeper.ray.storage_path={tmp_path / 'ray'}",
+               f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}"]
+    first = subprocess.Popen(command, cwd=ROOT / "tests" / "apps", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)  # after 3 jobs: the second search trial is half-run
+    first.wait()
+    result = subprocess.run(command, cwd=ROOT / "tests" / "apps", capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
+    for arm in ("baseline", "candidate"):
+        study = optuna.load_study(study_name=f"resumed-{arm}", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        assert len(complete) == 4 and all(t.state == optuna.trial.TrialState.FAIL for t in study.trials if t not in complete)
+    assert "Arm baseline (loss=baseline): budget 4 trials x 2 seeds (4 finished)" in result.stdout + result.stderr
+    assert "Arm candidate (loss=candidate): budget 4 trials x 2 seeds (4 finished)" in result.stdout + result.stderr
