@@ -124,18 +124,8 @@ class Sweep:
             parent.start(name, kind, self._definition(space, kind, name), identity.resuming)
         try:
             with ray_session(self.settings.ray):
-                if kind in ("tuned", "arms"):
-                    trials, comparisons, tuning, notes, searched = self._arms(space, name, parent, storage, sweep_dir,
-                                                                              identity.resuming)
-                else:
-                    search = self._search(space, kind, name, parent, storage)
-                    trials = self._run(name, search, space.fixed, parent, sweep_dir, identity.resuming)
-                    comparisons, tuning, searched = self._compare(trials), [], search.space()
-                    notes = [note for note in (provenance(kind, self.settings, self.pairing),) if note]
-                    if self.settings.confirm_seeds > 0:
-                        confirmed, comparisons, looks = self._confirm(trials, comparisons, space.fixed, name, parent, sweep_dir,
-                                                                      identity.resuming)
-                        trials, comparisons, notes = trials + confirmed, self._compare(trials) + comparisons, notes + looks
+                run = self._arms if kind in ("tuned", "arms") else self._searched
+                trials, comparisons, tuning, notes, searched = run(space, kind, name, parent, storage, sweep_dir, identity.resuming)
             SweepIdentity.finish(self.tune_storage(), name)
             if parent:
                 parent.attach_runs(trials)
@@ -149,6 +139,21 @@ class Sweep:
             raise
         check_failures(record, self.settings.max_failure_rate)
         return record
+
+    def _searched(self, space: SearchSpace, kind: str, name: str, parent: ParentRun | None, storage: str | None, sweep_dir: Path,
+                  resume: bool) -> tuple[list[TrialRecord], list, list, list[str], dict[str, Any]]:
+        """A grid or a search of candidates against the baseline, the best then confirmed on fresh seeds when asked.
+
+        Returns the trials, the comparisons, no tuning, the notes on how the settings were chosen, and the searched space.
+        """
+        search = self._search(space, kind, name, parent, storage)
+        trials = self._run(name, search, space.fixed, parent, sweep_dir, resume)
+        comparisons = self._compare(trials)
+        notes = [note for note in (provenance(kind, self.settings, self.pairing),) if note]
+        if self.settings.confirm_seeds > 0:
+            confirmed, confirmations, looks = self._confirm(trials, comparisons, space.fixed, name, parent, sweep_dir, resume)
+            trials, comparisons, notes = trials + confirmed, comparisons + confirmations, notes + looks
+        return trials, comparisons, [], notes, search.space()
 
     def _compare(self, trials: list[TrialRecord], confidence: float = 0.95) -> list:
         """Each setting of ``trials`` against the baseline, with the sweep's direction and difference of interest."""
@@ -276,7 +281,7 @@ class Sweep:
                      seeds, level, plan.seeds[look] - seeds)
         raise AssertionError("unreachable: the last look returns")
 
-    def _arms(self, space: SearchSpace, name: str, parent: ParentRun | None, storage: str | None, sweep_dir: Path,
+    def _arms(self, space: SearchSpace, kind: str, name: str, parent: ParentRun | None, storage: str | None, sweep_dir: Path,
               resume: bool) -> tuple[list[TrialRecord], list, list, list[str], dict[str, Any]]:
         """A comparison of arms: in each condition (a combination of the command line's listed values, crossed with the
         arms), each arm searched with the same sampler and budget on the tuning seeds (none with ``tuning.budget: 0``:
@@ -331,7 +336,7 @@ class Sweep:
         first = confirmation_seeds(seeds, 1)[0] if budget else 0
         confirmed, comparisons, looks = self._looks(points, first, len(conditions) * len(arms) * stride, space.fixed, name, parent,
                                                     sweep_dir, resume)
-        notes = [note for note in (provenance("tuned" if budget else "arms", self.settings, self.pairing), *looks) if note]
+        notes = [note for note in (provenance(kind, self.settings, self.pairing), *looks) if note]
         return trials + confirmed, comparisons, tuning, notes, {}
 
     def _arm(self, name: str, arm: ArmConf, searched: SearchSpace, listed: SearchSpace) -> tuple[dict[str, Any], SearchSpace]:
