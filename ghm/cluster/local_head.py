@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from ghm.cluster.processes import console_script, free_port, start_time, stop_process_group
+from ghm.cluster.processes import free_port, start_time, stop_process_group
 from ghm.data.cache import exclusive
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,8 @@ def serve(folder: Path, num_cpus: int | None) -> None:
     """The watcher: start the head, record it, stop it when idle, asked (SIGTERM) or dead; runs detached."""
     head = WarmHead(folder)
     temp_dir = tempfile.mkdtemp(prefix="ghm-ray-", dir="/tmp")  # short: Ray's socket paths must stay below 108 bytes
-    command = [console_script("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", "0",
+    # Ray's CLI as a module of this interpreter: an environment that sees Ray through a .pth line has no `ray` script.
+    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", "0",
                "--include-dashboard", "false", "--ray-client-server-port", str(free_port()), "--min-worker-port", "0",
                "--max-worker-port", "0", "--dashboard-agent-listen-port", "0", "--metrics-export-port", "0",
                "--runtime-env-agent-port", "0", "--temp-dir", temp_dir, "--disable-usage-stats",
@@ -285,7 +286,8 @@ def _reload_ray_settings() -> None:
 
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
-    ray_constants.ENABLE_RAY_CLUSTER = ray_constants.env_bool(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, not ray_constants.IS_WINDOWS_OR_OSX)
+    switch = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    ray_constants.ENABLE_RAY_CLUSTER = ray_constants.env_bool(switch, not ray_constants.IS_WINDOWS_OR_OSX)
 
 
 def _head_environment(token_path: Path) -> dict[str, str]:
