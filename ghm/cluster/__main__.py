@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import shlex
 import time
+from pathlib import Path
 
 from ghm.cluster.local_head import WarmHead, all_heads
+from ghm.cluster.tls import issue, ray_tls_environment
 
 
 def list_heads() -> None:
@@ -32,9 +34,18 @@ def main(argv: list[str] | None = None) -> None:
     start.add_argument("--num-cpus", type=int, help="CPUs it offers to trials (default: this machine's)")
     stop = actions.add_parser("stop", help="stop this environment's warm head now (its own processes only)")
     stop.add_argument("--all", action="store_true", help="every warm head of this user, whatever its environment")
+    certs = actions.add_parser("certs", help="a cluster's CA (made once) and a certificate for a node, for Ray's TLS between hosts")
+    certs.add_argument("--out", type=Path, default=Path(".certs"), help="the folder (default .certs/, which .gitignore covers)")
+    certs.add_argument("--name", default="node", help="the certificate's file name: <out>/<name>.crt and .key (default: node)")
+    certs.add_argument("--host", action="append", default=[], help="a name or address the node is reached at (repeat)")
     args = parser.parse_args(argv)
     if args.action == "list":
         list_heads()
+    elif args.action == "certs":
+        issued = issue(args.out, args.name, [*args.host, "localhost", "127.0.0.1"])
+        print(f"CA {args.out / 'ca.crt'} (its key ca.key stays here: keep the folder private, never commit it)\n"
+              f"node certificate {issued.certificate}, key {issued.key}, for {', '.join([*args.host, 'localhost', '127.0.0.1'])}")
+        print("\n".join(f"{k}={v}" for k, v in ray_tls_environment(args.out, args.name).items()))
     elif args.action == "start":
         head = WarmHead()
         record, started = head.acquire(args.idle_timeout, args.num_cpus)
