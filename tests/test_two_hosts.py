@@ -50,6 +50,7 @@ class Hosts:
     workdir: Path
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     nodes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    temp_dirs: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         subnet = 16 + int(self.tag, 16) % 200
@@ -105,7 +106,7 @@ class Hosts:
         self.start(name, command, self.environment("b", token, certs))
 
     def start(self, name: str, command: list[str], env: dict[str, str]) -> None:
-        temp_dir = tempfile.mkdtemp(prefix="ghm-2h-", dir="/tmp")
+        temp_dir = self.temp_dirs[name] = tempfile.mkdtemp(prefix="ghm-2h-", dir="/tmp")
         with (self.workdir / f"{name}.log").open("wb") as out:
             self.nodes[name] = subprocess.Popen([*command, "--temp-dir", temp_dir], env=env, stdout=out, stderr=subprocess.STDOUT,
                                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -119,6 +120,7 @@ class Hosts:
 
     def stop(self, name: str, grace: float = 5) -> None:
         stop_process_group(self.nodes.pop(name).pid, grace=grace)
+        shutil.rmtree(self.temp_dirs.pop(name), ignore_errors=True)
 
     def alive_nodes(self) -> list[str]:
         """The node addresses the cluster counts alive, asked by a driver on host A that holds the token and a certificate."""
