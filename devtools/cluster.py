@@ -17,7 +17,6 @@ import os
 import secrets
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,18 +26,16 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ghm.cluster.processes import alive as _alive
+from ghm.cluster.processes import console_script, free_port, stop_process_group, stop_process_groups
+from ghm.cluster.processes import process_tree as _tree
+
 CHECKOUT_DIR = Path(__file__).resolve().parents[1]  # the Ray nodes import this checkout's code
 STATE_FILE = "cluster.json"
 
 
 class ClusterError(RuntimeError):
     """A component did not start or answer; the message names it and its log file."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -318,72 +315,6 @@ class NativeCluster:
         cluster.components = [Component(**c) for c in state["components"]]
         cluster._worker_count = sum(c.name.startswith("ray-worker-") for c in cluster.components)
         return cluster
-
-
-def stop_process_group(pid: int, grace: float = 15) -> None:
-    """Stop the process group led by ``pid`` and every descendant; see :func:`stop_process_groups`."""
-    stop_process_groups([pid], grace)
-
-
-def stop_process_groups(pids: list[int], grace: float = 15) -> None:
-    """Stop the process groups led by ``pids`` and all their descendants (Ray starts its workers in sessions of
-    their own), all at once: SIGTERM, then SIGKILL whatever is left after ``grace`` seconds."""
-    def alive() -> set[int]:
-        return set().union(*(_tree(pid) for pid in pids))
-
-    if grace > 0:
-        _signal_all(alive(), signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and alive():
-            time.sleep(0.2)
-    while members := alive():
-        _signal_all(members, signal.SIGKILL)
-        time.sleep(0.1)
-    for pid in pids:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)  # reap the leaders this process started
-
-
-def _tree(pgid: int) -> set[int]:
-    """Live processes of the group ``pgid`` and all their descendants."""
-    table: dict[int, tuple[int, int]] = {}  # pid -> (parent, group)
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z":
-                table[int(entry.name)] = (int(fields[1]), int(fields[2]))
-    members = {pid for pid, (_, group) in table.items() if group == pgid}
-    grown = True
-    while grown:
-        children = {pid for pid, (parent, _) in table.items() if parent in members} - members
-        members |= children
-        grown = bool(children)
-    return members
-
-
-def _signal_all(pids: set[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        return waited == 0
-    except ChildProcessError:  # not our child (a loaded state): ask the kernel
-        return Path(f"/proc/{pid}").exists()
-
-
-def console_script(name: str) -> str:
-    """A console script of this environment (``mlflow``, ``ray``, ``optuna-dashboard``)."""
-    path = Path(sys.executable).parent / name
-    if not path.exists():
-        raise ClusterError(f"{name} is not installed beside {sys.executable}: install the project (make test sets up .venv)")
-    return str(path)
 
 
 def _tail(path: str, lines: int = 20) -> str:

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
-import subprocess
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from devtools.cluster import console_script, free_port, stop_process_group
+from ghm.cluster.local_head import HEADS_DIR_ENV, LOCAL_ONLY, WarmHead, all_heads
 from ghm.comparison.pairing import Pairing
 from ghm.config import register, validate
 from ghm.run import Job, Processes, build_job
@@ -75,49 +71,31 @@ def tracking_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
-# Ports a head takes by default (10001, 52365) or picks at random: free ones, since pytest-xdist's workers each start a head.
-EXPLICIT_PORTS = ("ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-                  "runtime-env-agent-port", "node-manager-port", "object-manager-port")
+# The test run's warm local Ray heads, shared by both pytest-xdist workers as one user's sweeps share theirs: sweeps without
+# an address (the README's default) join them, and so do the tests' drivers through `ray_head`. Ray's local-only mode for
+# every Ray process of the run (servers on 127.0.0.1, drivers that reach them there), set before Ray is imported.
+# The controller sets the folder before it starts the workers, which inherit it.
+HEADS_DIR = Path(os.environ.setdefault("GHM_TEST_HEADS_DIR", str(Path(tempfile.gettempdir()) / f"ghm-test-heads-{os.getpid()}")))
+os.environ[HEADS_DIR_ENV] = str(HEADS_DIR)
+os.environ.update(LOCAL_ONLY)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The run's warm heads stop with it (in the controller, once every worker is done)."""
+    if not hasattr(session.config, "workerinput") and HEADS_DIR.is_dir():
+        for head in all_heads():
+            head.stop()
+        shutil.rmtree(HEADS_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """One Ray head (2 CPUs, token authentication) for the session's sweeps, stopped at the end.
-
-    A sweep's driver that finds ``RAY_ADDRESS`` connects in under a second where a local Ray takes
-    about 8 s to start and stop; the sweeps of the local default (a killed launcher that takes its
-    Ray with it, the installed package) leave the variable out. Yields the drivers' environment.
-    """
-    workdir = tmp_path_factory.mktemp("ray")
-    token = workdir / "token"
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
-    session = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths under it must stay below 108 bytes
-    port = free_port()
-    first_worker_port = 20000 + 1000 * int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
-    environment = {"RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    command = [console_script("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-               "--port", str(port), "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "false",
-               *(arg for name in EXPLICIT_PORTS for arg in (f"--{name}", str(free_port()))), "--temp-dir", session,
-               # worker ports of their own per xdist worker (gw0, gw1, ...), apart from a local Ray's default 10002-19999
-               "--min-worker-port", str(first_worker_port), "--max-worker-port", str(first_worker_port + 999)]
-    log = workdir / "head.log"
-    with log.open("wb") as out:
-        head = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, **environment},
-                                start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while "Ray runtime started" not in log.read_text(errors="replace"):
-            if head.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the tests' Ray head did not start:\n{log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.5)
-        yield environment
-    finally:
-        import ray
-
-        ray.shutdown()  # this process's own connection, where an in-process sweep made one
-        stop_process_group(head.pid, grace=2)
-        shutil.rmtree(session, ignore_errors=True)
+def ray_head() -> dict[str, str]:
+    """The run's warm head (4 CPUs: two workers' sweeps at once), started by the first test that needs it; yields the
+    drivers' environment. A sweep's driver that finds ``RAY_ADDRESS`` connects in about a second where a local Ray
+    takes 8-15 s to start and 4 s to stop."""
+    head = WarmHead()
+    record, _ = head.acquire(idle_timeout_s=300, num_cpus=4)
+    return head.environment(record)
 
 
 @pytest.fixture

@@ -127,3 +127,25 @@ def test_mlflow_is_served_safely_and_services_wait_for_health(services: dict[str
     shared = [{v.split(":")[0] for v in services[n]["volumes"]} for n in ("ray-head", "ray-worker", "launcher")]
     assert set.intersection(*shared) == {"shared"}
     assert "hydra.sweeper.ray.storage_path=/shared/ray_results" in services["launcher"]["entrypoint"]
+
+
+def test_the_worker_file_for_another_host_joins_with_tls_the_token_and_the_tested_fixed_ports() -> None:
+    """docker-compose.worker.yml: what a second GPU host runs (tests/test_two_hosts.py runs its command's ports and TLS natively)."""
+    from tests.test_two_hosts import WORKER_PORTS
+
+    path = ROOT / "docker-compose.worker.yml"
+    worker_env = {"RAY_HEAD_ADDRESS": "192.0.2.10", "RAY_NODE_ADDRESS": "192.0.2.11", "RAY_AUTH_TOKEN": "t", "SHARED_DIR": "/mnt/shared"}
+    validator = jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))
+    validator.validate(yaml.safe_load(path.read_text()))
+    (worker,) = yaml.safe_load(interpolate(path.read_text(), worker_env))["services"].values()
+    validator.validate({"services": {"ray-worker": worker}})
+    command = worker["command"].split()
+    assert command[:3] == ["ray", "start", "--address=192.0.2.10:6379"] and "--node-ip-address=192.0.2.11" in command
+    flags = dict(arg.removeprefix("--").split("=") for arg in command[3:] if "=" in arg)
+    assert {k: flags[k] for k in (a.removeprefix("--") for a in WORKER_PORTS[::2])} == dict(
+        zip((a.removeprefix("--") for a in WORKER_PORTS[::2]), WORKER_PORTS[1::2], strict=True))
+    env = yaml.safe_load(path.read_text())["services"]["ray-worker"]["environment"]
+    assert env["RAY_AUTH_MODE"] == "token" and env["RAY_USE_TLS"] == "1" and ":-" not in env["RAY_AUTH_TOKEN"]
+    assert {env[k] for k in ("RAY_TLS_SERVER_CERT", "RAY_TLS_SERVER_KEY", "RAY_TLS_CA_CERT")} == {
+        "/certs/worker.crt", "/certs/worker.key", "/certs/ca.crt"}
+    assert any(v.endswith(":/certs:ro") for v in worker["volumes"]) and worker["network_mode"] == "host" and "ports" not in worker

@@ -268,10 +268,26 @@ def test_a_grid_sweep_runs_on_the_workers_and_reads_back_through_mlflow(stack: S
     dashboard = rest.artifact(parent, "dashboard.html").decode()
     assert dashboard.lstrip().lower().startswith("<!doctype html") and "loss=ghm" in dashboard
     assert "loss=ghm" in rest.artifact(parent, "comparison.txt").decode()  # the paired table against the focal baseline
-    # Both trials trained on the Ray workers (the head has no CPU for them): each generated its Digits-Det there.
+    # Both trials trained on the Ray workers (the head has no CPU for them), from one cache on the shared volume.
+    assert grid_sweep.count("generating Digits-Det") == 1, grid_sweep[-6000:]
     for worker in stack.containers("ray-worker"):
-        listing = subprocess.run(["docker", "exec", worker, "ls", "/app/.cache/digits_det"], capture_output=True, text=True)
-        assert listing.returncode == 0 and listing.stdout.split(), f"no dataset generated on worker {worker}: {listing.stderr}"
+        assert subprocess.run(["docker", "exec", worker, "ls", "/app/.cache"], capture_output=True).returncode != 0  # none of its own
+        listing = subprocess.run(["docker", "exec", worker, "ls", "/shared/cache/digits_det"], capture_output=True, text=True)
+        assert listing.returncode == 0 and listing.stdout.split(), f"worker {worker} does not see the shared dataset: {listing.stderr}"
+
+
+def test_the_default_data_is_made_once_per_cluster_on_the_shared_volume(stack: Stack, tmp_path: Path) -> None:
+    """The default Digits-Det (not the tests' small one) and its pretrained backbone: two trials on two workers at once, one
+    makes each input while the other waits on its lock (an flock on the shared volume, across containers)."""
+    log = tmp_path / "launcher.log"
+    output = run_to_end(stack.launcher("loss=focal,ghm", "seed=0", "train=smoke", "train.epochs=1", "pretrain.epochs=1",
+                                       "hydra.sweeper.n_jobs=2", "mlflow.experiment_name=docker-default-data", log=log), log, timeout=1800)
+    assert output.count("generating Digits-Det (4000 train + 200 val images") == 1, output[-6000:]
+    assert output.count("pretraining the backbone on Digits-Det crops") == 1, output[-6000:]
+    trained_on = set(re.findall(r"\(run_trial pid=\d+, ip=([\d.]+)\)", output))
+    assert len(trained_on) == 2, trained_on  # both workers ran a trial
+    parent, children = MlflowRest(stack.credentials()).sweep("docker-default-data")
+    assert metrics(parent)["trials_finished"] == 2 and len(children) == 2
 
 
 def test_an_optuna_search_runs_and_its_study_is_served_by_optuna_dashboard(stack: Stack, search: str) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import ROOT, SMALL_DATA
 
-pytestmark = [pytest.mark.slow, pytest.mark.local_ray]  # the README's default: a local Ray
+pytestmark = pytest.mark.slow  # the README's default: the warm local Ray head (one of this environment's own)
 
 
 def files_under(folder: Path) -> set[Path]:

@@ -65,9 +65,8 @@ def test_too_many_failures_fail_the_sweep(tmp_path: Path) -> None:
     assert not list((tmp_path / "ray").rglob("events.out.tfevents*"))
 
 
-@pytest.mark.local_ray
 def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("RAY_ADDRESS")  # the launcher starts its own local Ray, which dies with it
+    monkeypatch.delenv("RAY_ADDRESS")  # the default: the warm local head, which outlives the killed launcher (its trials do not)
     log = tmp_path / "executions.txt"
     command = [sys.executable, "curves.py", "-m", "x=0.1,0.2,0.3,0.4,0.5", "hydra.sweeper.n_jobs=1", "hydra.sweeper.study_name=resume",
                "seconds_per_epoch=1.0", f"log={log}", *places(tmp_path, "resume")]
@@ -144,9 +143,10 @@ def test_a_trial_whose_worker_dies_is_retried(tmp_path: Path) -> None:
 
 @pytest.mark.local_ray
 def test_a_resumed_search_leaves_no_duplicate_and_no_running_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("RAY_ADDRESS")  # the launcher starts its own local Ray, which dies with it
+    monkeypatch.delenv("RAY_ADDRESS")  # an embedded local Ray (no warm head), which dies with the killed launcher
     log, uri = tmp_path / "executions.txt", f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = [sys.executable, "curves.py", "--config-name", "curves_search", "-m", "hydra.sweeper.study_name=resumed",
+               "hydra.sweeper.ray.warm_head=false",
                "hydra.sweeper.n_trials=5", "hydra.sweeper.n_jobs=1", "hydra.sweeper.pruner.enabled=false", "seconds_per_epoch=1.0",
                f"log={log}", f"+mlflow_uri={uri}", f"+mlflow.tracking_uri={uri}", "+mlflow.experiment_name=resumed",
                *places(tmp_path, "resumed")]

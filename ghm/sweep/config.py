@@ -114,6 +114,8 @@ class QMCSamplerConf:
 @dataclass
 class RaySettings:
     address: str | None = None  # a running cluster ("ray://host:10001" or "host:6379"); default: RAY_ADDRESS, else local
+    warm_head: bool = True  # no address: join this machine's warm local Ray head (started if none runs, kept for the next sweep)
+    idle_timeout_s: float = 600.0  # the warm head stops after this long without a sweep (0: when this sweep ends)
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0  # fractions share a GPU between trials
     storage_path: str | None = None  # Ray Tune's experiments (a shared path on clusters); default: the user's cache (engine.state_dir)
@@ -228,6 +230,9 @@ class SweeperConf:
             raise ValueError("hydra.sweeper.n_jobs and hydra.sweeper.n_trials must be >= 1")
         if self.reuse not in ("baselines", "finished"):
             raise ValueError(f"hydra.sweeper.reuse must be baselines or finished, got {self.reuse!r}")
+        if self.ray.idle_timeout_s < 0:
+            raise ValueError(f"hydra.sweeper.ray.idle_timeout_s must be >= 0 (0: the warm head stops when the sweep ends), "
+                             f"got {self.ray.idle_timeout_s}")
         if not 0.0 <= self.max_failure_rate <= 1.0:
             raise ValueError(f"hydra.sweeper.max_failure_rate must be in [0, 1], got {self.max_failure_rate}")
         if self.effect_of_interest is not None and self.effect_of_interest <= 0:

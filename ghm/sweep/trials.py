@@ -17,7 +17,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,22 +203,34 @@ def failure_value(mode: str) -> float:
 
 @contextmanager
 def ray_session(settings: RaySettings) -> Iterator[None]:
-    """Ray for one sweep: the cluster at ``address`` (or ``RAY_ADDRESS``), else a local instance stopped at the end."""
+    """Ray for one sweep, said in one line: the cluster at ``address`` (or ``RAY_ADDRESS``); else this machine's warm
+    local head (:mod:`ghm.cluster.local_head`), started if none runs and left for the next sweep; or, with
+    ``warm_head: false``, an embedded instance stopped at the end. A session already connected is used as it is."""
     import ray
 
     address = settings.address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         yield
         return
-    if address:
-        ray.init(address=address)
-    else:  # "local": a new instance even where a cluster started by `ray start` runs on this machine
-        ray.init(address="local", include_dashboard=False, log_to_driver=True, configure_logging=False)
-    try:
+    with ExitStack() as session:
+        if address:
+            log.info("Ray: the cluster at %s", address)
+            ray.init(address=address)
+        elif settings.warm_head:
+            from ghm.cluster.local_head import WarmHead
+
+            head = WarmHead()
+            # The trials see the sweep's environment, as with an embedded Ray (the head's own is an earlier sweep's).
+            environment = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+            record, started = head.acquire(settings.idle_timeout_s)
+            log.info("Ray: %s", head.describe(record, started))
+            session.enter_context(head.driver_environment())
+            ray.init(address=record.address, log_to_driver=True, configure_logging=False, runtime_env={"env_vars": environment})
+        else:  # "local": a new instance even where a cluster started by `ray start` runs on this machine
+            log.info("Ray: an embedded local instance, stopped when the sweep ends (hydra.sweeper.ray.warm_head=false)")
+            ray.init(address="local", include_dashboard=False, log_to_driver=True, configure_logging=False)
+        session.callback(ray.shutdown)  # a warm head or a cluster: this driver disconnects, the nodes stay
         yield
-    finally:
-        if not address:
-            ray.shutdown()
 
 
 @contextmanager

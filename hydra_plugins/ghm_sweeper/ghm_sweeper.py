@@ -50,8 +50,11 @@ class GHMSweeper(Sweeper):
         self.sweep_engine = Sweep(settings, hydra_context, task_function, config)
 
     def sweep(self, arguments: list[str]) -> None:
+        from ghm.sweep.trials import ray_session
+
         assert self.sweep_engine is not None, "setup() first"
-        self.sweep_engine.run(arguments)
+        with ray_session(self.sweep_engine.settings.ray):  # first, so that the sweep's first line says which Ray it runs on
+            self.sweep_engine.run(arguments)
 
 
 class OptunaSweeper(Sweeper):
