@@ -8,11 +8,13 @@ shows what they give.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ghm.comparison.pairing import Pairing
 from ghm.comparison.record import FINISHED, REUSED, TrialRecord
-from ghm.comparison.statistics import PairedComparison, compare
+
+if TYPE_CHECKING:  # SciPy's import costs a sweep's start a second or more: only comparing needs it
+    from ghm.comparison.statistics import PairedComparison
 
 
 def setting_of(trial: TrialRecord, pairing: Pairing) -> str:
@@ -43,6 +45,8 @@ def compare_settings(trials: Sequence[TrialRecord], pairing: Pairing, direction:
     seeds both finished. ``effect``: a difference of interest, whose seeds needed each comparison gives; ``confidence``: of
     its t interval. A comparison of arms' search trials are no settings of the verdict.
     """
+    from ghm.comparison.statistics import compare
+
     usable = [t for t in trials if t.objective is not None and t.state in (FINISHED, REUSED) and t.seed is not None
               and t.search_trial is None]
     context = context_of(usable, pairing)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
 from ghm.comparison.pairing import Pairing
 from ghm.comparison.record import REUSED, TrialRecord
-from ghm.sweep.parent_run import ParentRun
+
+if TYPE_CHECKING:
+    from ghm.sweep.parent_run import ParentRun
 from ghm.tracking.version import code_version
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.singleton import Singleton
@@ -32,15 +32,15 @@ from omegaconf import DictConfig, OmegaConf
 from ghm.comparison.pairing import Pairing
 from ghm.comparison.record import SweepRecord, TrialRecord
 from ghm.comparison.settings import best_params, compare_settings, confirmation_points, fresh_seed
-from ghm.sweep.baselines import reuse_finished
 from ghm.sweep.config import ArmConf, SweeperConf
 from ghm.sweep.identity import SweepIdentity
-from ghm.sweep.parent_run import ParentRun
 from ghm.sweep.report import check_failures, provenance, report
 from ghm.sweep.search import ArmSearch, GridSearch, OptunaSearch, Role, Search
 from ghm.sweep.space import SearchSpace, parse_search_space
 from ghm.sweep.trials import TaskJob, TrialSpec, failure_value, ray_session, run_trials
-from ghm.tracking.store import default_tracking_uri
+
+if TYPE_CHECKING:  # MLflow's import costs a sweep's start seconds: only a sweep that tracks its runs pays for it
+    from ghm.sweep.parent_run import ParentRun
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class Sweep:
         sweep_dir = (self.root_dir / str(self.config.hydra.sweep.dir)).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        parent = ParentRun.of(self.settings.mlflow, self.root_dir)
+        parent = self._parent_run()
         storage = self.study_storage() if kind in ("optuna", "tuned") else None  # a comparison of fixed arms searches nothing
         identity = SweepIdentity.resolve(sweep_name(self.settings, space, kind),
                                          {**sweep_definition(self.settings, space, kind), "storage": storage},
@@ -155,6 +155,14 @@ class Sweep:
             trials, comparisons, notes = trials + confirmed, comparisons + confirmations, notes + looks
         return trials, comparisons, [], notes, search.space()
 
+    def _parent_run(self) -> ParentRun | None:
+        """The sweep's MLflow parent run, when the task declares an experiment (``hydra.sweeper.mlflow``)."""
+        if self.settings.mlflow.experiment_name is None:
+            return None
+        from ghm.sweep.parent_run import ParentRun
+
+        return ParentRun.of(self.settings.mlflow, self.root_dir)
+
     def _compare(self, trials: list[TrialRecord], confidence: float = 0.95) -> list:
         """Each setting of ``trials`` against the baseline, with the sweep's direction and difference of interest."""
         return compare_settings(trials, self.pairing, self.settings.direction, self.settings.effect_of_interest, confidence)
@@ -189,6 +197,8 @@ class Sweep:
 
     def trial_environment(self, search: Search, parent: ParentRun | None) -> dict[str, str]:
         """What every trial must share with the driver wherever Ray runs it: where runs are tracked and the study lives."""
+        from ghm.tracking.store import default_tracking_uri
+
         environment = {"MLFLOW_TRACKING_URI": parent.tracking_uri if parent else default_tracking_uri(self.root_dir)}
         if isinstance(search, OptunaSearch):  # an arm's search too
             environment["OPTUNA_STORAGE"] = search.storage
@@ -197,6 +207,8 @@ class Sweep:
     def _grid(self, points: dict[int, dict[str, Any]], fixed: tuple[str, ...], parent: ParentRun | None,
               roles: dict[int, Role] | None = None) -> GridSearch:
         """A grid whose baseline points that already ran are reused, the others to run (``roles``: a comparison of arms')."""
+        from ghm.sweep.baselines import reuse_finished
+
         reused = reuse_finished(points, fixed, self.pairing, parent, self._compose, self.settings.metric,
                                 lambda params: self.pairing.value_of(params, fixed, self.config),
                                 baselines_only=self.settings.reuse == "baselines") \

@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ghm.comparison.pairing import Pairing
 from ghm.comparison.record import FAILED, FINISHED, REUSED, STATES, SweepRecord
 from ghm.comparison.regime import Regime
 from ghm.comparison.settings import context_of
-from ghm.comparison.statistics import format_table
 from ghm.sweep.config import SweeperConf
-from ghm.sweep.parent_run import ParentRun
+
+if TYPE_CHECKING:  # MLflow's and SciPy's imports cost a sweep's start seconds: only its end needs them
+    from ghm.sweep.parent_run import ParentRun
 
 log = logging.getLogger(__name__)
 
 
 def report(record: SweepRecord, parent: ParentRun | None, sweep_dir: Path) -> None:
     """Print the comparison; record it, with the dashboard, on the parent run and close it."""
+    from ghm.comparison.statistics import format_table
+
     table = format_table(record.comparisons, record.metric) if record.comparisons else "(no setting could be paired with the baseline)"
     for where, regime in baseline_regimes(record, parent).items():
         table = f"{table}\n{regime.line()}" + (f" ({where})" if where else "")
