@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ghm.tracking.run import flatten
 
-# Where a run writes, and whether it resumes, are no part of what it computes.
-NOT_IDENTITY = ("checkpoint_dir", "paths", "train.resume")
+# Where a run writes, whether it resumes, and what MLflow records beside it are no part of what it computes.
+NOT_IDENTITY = ("checkpoint_dir", "paths", "train.resume", "mlflow.log_model", "mlflow.system_metrics", "mlflow.system_metrics_interval")
 
 
 class CheckpointError(RuntimeError):

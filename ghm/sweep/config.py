@@ -6,7 +6,8 @@ hydra-optuna-sweeper's keys too (``sampler``, ``direction``, ``storage``, ``stud
 ``hydra/sweeper/sampler``. The engine knows the task only through these settings:
 what it returns and reports (``metric``, ``max_epochs``), how its runs pair (``baseline``,
 ``pair_by``, ``pair_ignore``) and where the sweep's MLflow parent run goes (``mlflow``), which the
-task's config declares (``conf/config.yaml``).
+task's config declares (``conf/config.yaml``); and whether the verdict goes to MLflow's Model
+Registry (``registry``).
 """
 
 from __future__ import annotations
@@ -137,6 +138,14 @@ class TrackingSettings:
 
 
 @dataclass
+class RegistrySettings:
+    """The sweep's verdict in MLflow's Model Registry: the best setting's detector and the baseline's, the better aliased."""
+
+    enabled: bool = False  # on in the compose stack (docker-compose.yml's launcher)
+    name: str = "ghm-detector"  # the registered model's name
+
+
+@dataclass
 class OptunaSweeperConf:
     """hydra-optuna-sweeper's ``OptunaSweeperConf``: the same keys and defaults."""
 
@@ -177,6 +186,7 @@ class SweeperConf:
     confirm_seeds: int = 0  # re-run the best setting and the baseline on this many fresh values of pair_by
     resume: bool = True
     mlflow: TrackingSettings = field(default_factory=TrackingSettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
     ray: RaySettings = field(default_factory=RaySettings)
     pruner: PrunerSettings = field(default_factory=PrunerSettings)
 
@@ -197,3 +207,8 @@ class SweeperConf:
             raise ValueError(f"hydra.sweeper.reuse must be baselines or finished, got {self.reuse!r}")
         if not 0.0 <= self.max_failure_rate <= 1.0:
             raise ValueError(f"hydra.sweeper.max_failure_rate must be in [0, 1], got {self.max_failure_rate}")
+        if self.registry.enabled and not self.registry.name.strip():
+            raise ValueError("hydra.sweeper.registry.name must name the registered model when hydra.sweeper.registry.enabled=true, "
+                             f"got {self.registry.name!r}")
+        if self.registry.enabled and self.mlflow.experiment_name is None:
+            raise ValueError("hydra.sweeper.registry.enabled=true needs the sweep's MLflow runs: set hydra.sweeper.mlflow.experiment_name")

@@ -33,6 +33,7 @@ from ghm.sweep.report import check_failures, report
 from ghm.sweep.search import GridSearch, OptunaSearch, Search
 from ghm.sweep.space import SearchSpace, parse_search_space
 from ghm.sweep.trials import TaskJob, TrialSpec, failure_value, ray_session, run_trials
+from ghm.sweep.verdict import publish_verdict
 from ghm.tracking.store import default_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class Sweep:
             record = SweepRecord(name=name, search=kind, metric=self.settings.metric, direction=self.settings.direction,
                                  pairing=self.pairing, trials=trials, comparisons=comparisons, space=search.space())
             report(record, parent, sweep_dir)
+            publish_verdict(record, parent, self.settings.registry)  # the parent run's description, the Model Registry
         except BaseException as err:
             if parent:
                 parent.fail(err)
