@@ -77,7 +77,7 @@ class RunTracker:
         try:
             if new:
                 for context, dataset in (datasets or {}).items():
-                    mlflow.log_input(dataset, context=context)
+                    _log_input(dataset, context)
             yield run_id
         except BaseException as err:
             self.client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:5000])
@@ -108,6 +108,19 @@ class RunTracker:
         if self.run_id is None:
             raise RuntimeError("no MLflow run is open: call start() first")
         return self.run_id
+
+
+def _log_input(dataset: Dataset, context: str) -> None:
+    """``mlflow.log_input``, once more when a concurrent run of the experiment inserted the same dataset first.
+
+    MLflow's store looks the dataset up, then inserts it: two trials starting together on the same
+    data can both miss it, and the second insert fails on the store's unique key. The dataset exists
+    then, and the second attempt links this run to it.
+    """
+    try:
+        mlflow.log_input(dataset, context=context)
+    except mlflow.exceptions.MlflowException:
+        mlflow.log_input(dataset, context=context)
 
 
 def context_tags() -> dict[str, str]:
