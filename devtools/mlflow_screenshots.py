@@ -29,6 +29,7 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
 
 
 def wait_http(url: str, server: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until ``url`` answers 200 while ``server`` runs (its output in the error when it ends)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:

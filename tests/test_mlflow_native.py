@@ -21,8 +21,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from devtools.cluster import free_port, stop_process_group
+from devtools.mlflow_screenshots import wait_http
 from tests.conftest import ROOT, SMALL_DATA
-from tests.test_dashboard import rest, wait_http
+from tests.test_dashboard import rest
 
 pytestmark = pytest.mark.slow
 REGISTERED = "ghm-detector"  # hydra.sweeper.registry.name's default, as README's snippet loads it
