@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +44,36 @@ def wait_http(url: str, server: subprocess.Popen, timeout: float = 120) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
-def shoot(browser: Any, url: str, path: Path, wait_for: str, *, full_page: bool = False) -> None:
-    """Open ``url``, wait until ``wait_for`` (a text) shows, close MLflow's assistant panel, save the page."""
-    page = browser.new_page(viewport={"width": 1440, "height": 900})
+def shoot(browser: Any, url: str, path: Path, wait_for: str, *, full_page: bool = False,
+          prepare: Callable[[Any], None] | None = None) -> None:
+    """Open ``url``, wait until ``wait_for`` (a text) shows, close MLflow's assistant panel, ``prepare``, save the page."""
+    page = browser.new_page(viewport={"width": 1600, "height": 900})
     page.goto(url)
     page.get_by_text(wait_for).first.wait_for(timeout=60_000)
     if page.get_by_role("button", name="Close").count():
         page.get_by_role("button", name="Close").first.click()
+    if prepare:
+        prepare(page)
     page.wait_for_timeout(1500)  # the tables' and charts' last requests
     page.screenshot(path=str(path), full_page=full_page)
     page.close()
     print(f"saved {path}")
+
+
+def runs_table(sweep: str, metric: str) -> Callable[[Any], None]:
+    """The runs table with the Version and User columns and the objective shown, the sweep's runs unfolded."""
+    def prepare(page: Any) -> None:
+        page.get_by_role("button", name="Columns").click()
+        search = page.get_by_placeholder("Search columns")
+        for column in ("User", "Version", metric):
+            search.fill(column)
+            page.wait_for_timeout(500)
+            page.get_by_text(column, exact=True).last.click()
+        page.keyboard.press("Escape")
+        page.locator("[role=row]", has_text=sweep).first.locator("button").first.click()  # unfold the trials' runs
+        page.wait_for_timeout(1000)
+
+    return prepare
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,9 +109,9 @@ def main(argv: list[str] | None = None) -> None:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
             runs = f"{base}/#/experiments/{experiment.experiment_id}"
-            shoot(browser, f"{runs}/runs", args.output / "mlflow_runs_table.png", parent.info.run_name)
-            shoot(browser, f"{runs}/runs/{trial.info.run_id}", args.output / "mlflow_trial_run.png", trial.info.run_name,
-                  full_page=True)
+            shoot(browser, f"{runs}/runs", args.output / "mlflow_runs_table.png", parent.info.run_name,
+                  prepare=runs_table(parent.info.run_name, "mAP"))
+            shoot(browser, f"{runs}/runs/{trial.info.run_id}", args.output / "mlflow_trial_run.png", trial.info.run_name)
             shoot(browser, f"{runs}/runs/{parent.info.run_id}", args.output / "mlflow_sweep_description.png", "paired difference",
                   full_page=True)
             shoot(browser, f"{runs}/models/{model_id}", args.output / "mlflow_logged_model.png", model_id, full_page=True)

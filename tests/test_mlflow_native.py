@@ -42,6 +42,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, ray_head: dict[str, str]) ->
             f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=native", "mlflow.system_metrics_interval=1",
             "hydra.sweeper.registry.enabled=true", f"hydra.sweep.dir={tmp / 'multirun'}",
             f"hydra.sweeper.ray.storage_path={tmp / 'ray'}"]
+    commit, dirty = git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))  # the code the runs record
     result = subprocess.run([sys.executable, *args], cwd=ROOT, env={**os.environ, **ray_head}, capture_output=True, text=True,
                             timeout=900)
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
@@ -49,7 +50,8 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, ray_head: dict[str, str]) ->
     experiment = client.get_experiment_by_name("native").experiment_id
     parent = client.search_runs([experiment], filter_string="tags.sweep_parent != ''")[0]
     children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    return {"uri": uri, "client": client, "parent": parent, "children": children, "output": result.stdout + result.stderr}
+    return {"uri": uri, "client": client, "parent": parent, "children": children, "output": result.stdout + result.stderr,
+            "commit": commit, "dirty": dirty}
 
 
 def test_the_verdict_is_registered_with_its_numbers_and_the_better_one_aliased(sweep: dict[str, Any]) -> None:
@@ -127,7 +129,7 @@ def test_runs_on_the_same_data_show_the_same_datasets(sweep: dict[str, Any]) -> 
 
 
 def test_every_run_has_the_system_tags_the_ui_reads(sweep: dict[str, Any]) -> None:
-    commit, dirty = git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+    commit, dirty = sweep["commit"], sweep["dirty"]
     for run in [sweep["parent"], *sweep["children"]]:
         tags = run.data.tags
         assert tags["mlflow.source.name"] == str(ROOT / "launch.py") and tags["mlflow.source.type"] == "LOCAL"
