@@ -23,6 +23,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
 
+from ghm.config import register
 from ghm.detection.checkpoint import Checkpoint, RunIdentity
 from ghm.detection.model import build_detector
 from ghm.tracking.model import detector_spec, log_detector, logged_model_bytes
@@ -34,6 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    register()  # the config's schemas
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         config = compose("config", overrides=["paths.root_dir=.", "paths.output_dir=."])
     model_config = OmegaConf.to_container(config.model, resolve=True)
