@@ -174,7 +174,7 @@ def test_the_readmes_three_lines_load_the_winner_and_detect(sweep: dict[str, Any
     readme = (ROOT / "README.md").read_text()
     snippet = readme.split("<!-- load the winner -->", 1)[1].split("```python", 1)[1].split("```", 1)[0].strip()
     assert len(snippet.splitlines()) == 3
-    val = next((ROOT / ".cache" / "digits_det").glob("*/val/images/*.png"))
+    val = next((ROOT / ".cache" / "digits_det").glob("*/val/*.png"))
     code = snippet.replace("sqlite:///mlflow.db", sweep["uri"]).replace("digit.png", str(val)) + "\nprint(detections.to_json())"
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
