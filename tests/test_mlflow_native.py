@@ -105,6 +105,7 @@ def test_each_trial_logs_its_detector_linked_to_the_run_and_its_final_metrics(sw
         assert linked["mAP"] == run.data.metrics["mAP"] and linked["AP50"] == run.data.metrics["AP50"]
         assert model.params["loss.cls.name"] == run.data.params["loss.cls.name"]
         assert model.tags["loss_family"] == run.data.tags["loss_family"] and model.tags["seed"] == run.data.tags["param.seed"]
+        assert model.tags["mlflow.source.name"] == run.data.tags["mlflow.source.name"]  # launch.py, not Ray's worker script
         top = client.list_logged_model_artifacts(output.model_id)
         names = {Path(f.path).name for f in top} | {Path(a.path).name for f in top if f.is_dir
                                                      for a in client.list_logged_model_artifacts(output.model_id, f.path)}

@@ -36,6 +36,7 @@ from ghm.losses import NonFiniteInputError
 from ghm.run import Job
 from ghm.tracking.datasets import dataset_splits
 from ghm.tracking.model import detector_spec, log_detector, logged_model_bytes
+from ghm.tracking.version import source_tags
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def _log_model(job: Job) -> None:
         example = np.asarray(image.convert("RGB"))
     started = time.perf_counter()
     spec = detector_spec(OmegaConf.to_container(job.config.raw.model, resolve=True), job.config.pretrain.norm_eval, val)
-    tags = {**{k: job.tags[k] for k in ("loss_family", "baseline", "dataset", "model")}, "seed": str(job.config.seed)}
+    tags = {**source_tags(), **{k: job.tags[k] for k in ("loss_family", "baseline", "dataset", "model")}, "seed": str(job.config.seed)}
     model_id = log_detector(job.model, spec, [example], step=job.config.train.epochs, tags=tags)
     log.info("logged the detector as MLflow model %s (%.1f MB in %.1f s)", model_id,
              logged_model_bytes(job.tracker.client, model_id) / 1e6, time.perf_counter() - started)
