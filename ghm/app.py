@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from ghm.comparison.pairing import Pairing
 from ghm.config import ConfigError, register, validate
+from ghm.detection.checkpoint import CheckpointError
 from ghm.detection.training import train
 from ghm.run import Processes, build_job
 from ghm.sweep import task
@@ -53,7 +54,13 @@ def main(cfg: DictConfig) -> float:
         torch.set_num_threads(run.train.threads)
     hydra_cfg = HydraConfig.get()
     job = build_job(run, Pairing.from_sweeper(hydra_cfg.sweeper), hydra_cfg.runtime.choices, start_processes())
-    result = train(job, on_epoch=task.report_epoch)
+    try:
+        result = train(job, on_epoch=task.report_epoch)
+    except CheckpointError as err:
+        if task.in_trial():
+            raise  # a sweep records the trial as failed, with this message
+        log.error("checkpoint error: %s", err)
+        sys.exit(2)
     log.info("%s: %s", run.loss.family, "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
     if job.tracker and not task.in_trial():
         log.info("MLflow run %s -- browse with: mlflow ui --backend-store-uri %s", result.run_id, job.tracker.tracking_uri)

@@ -308,6 +308,12 @@ class MlflowConfig:
     tracking_uri: str | None = None  # null: MLFLOW_TRACKING_URI, else the embedded SQLite store mlflow.db in paths.root_dir
     experiment_name: str = "ghm"
     run_name: str | None = None
+    log_model: bool = True  # the trained detector as an MLflow logged model (a pyfunc), linked to the run and its final metrics
+    system_metrics: bool = True  # MLflow's system metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) on the run
+    system_metrics_interval: float = 10.0  # seconds between two samples of the system metrics
+
+    def validate(self) -> None:
+        _require(self.system_metrics_interval > 0, "mlflow.system_metrics_interval", "> 0 (seconds)", self.system_metrics_interval)
 
 
 @dataclass
@@ -366,7 +372,7 @@ def validate(cfg: DictConfig) -> RunConfig:
     if not isinstance(sections["pretrain"], PretrainConfig):
         raise ConfigError(f"pretrain must be a config of the 'pretrain' group (digits, imagenet or none), "
                           f"got {type(sections['pretrain']).__name__}")
-    for key in ("model", "data", "pretrain", "train"):
+    for key in ("model", "data", "pretrain", "train", "mlflow"):
         sections[key].validate()
     if sections["model"].ghm_scope == "official":
         _require(sections["train"].batch_size % sections["model"].ghm_group_images == 0, "train.batch_size",

@@ -55,7 +55,7 @@ def build_test_job(overrides: list[str], processes: Processes | None = None) -> 
 # module fixture would otherwise run once per worker, and the local Ray instances (two started at once can pick the
 # same port: ray-project/ray#53906).
 XDIST_GROUPS = {"test_cluster_readme.py": "services", "test_docker.py": "services", "test_cluster.py": "cluster",
-                "test_dashboard.py": "dashboard", "test_overfit.py": "overfit"}
+                "test_dashboard.py": "dashboard", "test_overfit.py": "overfit", "test_mlflow_native.py": "mlflow_native"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups into the tests' ids

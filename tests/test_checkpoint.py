@@ -95,3 +95,47 @@ def test_two_runs_started_at_once_keep_their_own_folders_and_both_track(tmp_path
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("ghm").experiment_id])
     assert sorted((r.data.params["seed"], r.info.status) for r in runs) == [("0", "FINISHED"), ("1", "FINISHED")]
+
+
+class Tampered:
+    """What a checkpoint written by someone else may hold: unpickling it would run code (here: create ``marker``)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "code"])
+def test_an_unreadable_checkpoint_is_refused_naming_the_file_and_what_to_do(tmp_path: Path, kind: str) -> None:
+    path, marker = tmp_path / "last.pt", tmp_path / "code-ran"
+    if kind == "text":
+        path.write_text("a few bytes of text\n")
+    elif kind == "truncated":
+        Checkpoint(tmp_path, identity()).save({"epoch": 1, "model": {"w": torch.zeros(10_000)}})
+        path.write_bytes(path.read_bytes()[:20_000])
+    else:
+        torch.save({"epoch": 1, "model": Tampered(marker)}, path)
+    with pytest.raises(CheckpointError) as refused:
+        Checkpoint(tmp_path, identity()).load()
+    message = str(refused.value)
+    assert message.startswith(f"{path} is unreadable as a checkpoint") and "train.resume=false" in message and "remove the file" in message
+    assert "weights_only=False" not in message.replace("never loaded with weights_only=False", ""), message  # no advice to run code
+    assert not marker.exists()
+
+
+@pytest.mark.slow  # builds a job in a process of its own
+def test_a_run_with_an_unreadable_checkpoint_stops_before_any_work_with_that_message(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").write_text("a few bytes of text\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = subprocess.run([sys.executable, "launch.py", "train=smoke", *SMALL_DATA, f"hydra.run.dir={run_dir}",
+                             f"mlflow.tracking_uri={uri}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert f"checkpoint error: {run_dir / 'checkpoints' / 'last.pt'} is unreadable as a checkpoint" in output
+    assert "Traceback" not in output and "UnpicklingError" not in output
+    experiment = MlflowClient(uri).get_experiment_by_name("ghm")  # the run's (the backbone's pretraining has a run of its own)
+    assert experiment is None or not MlflowClient(uri).search_runs([experiment.experiment_id])

@@ -127,6 +127,7 @@ def test_mlflow_is_served_safely_and_services_wait_for_health(services: dict[str
     shared = [{v.split(":")[0] for v in services[n]["volumes"]} for n in ("ray-head", "ray-worker", "launcher")]
     assert set.intersection(*shared) == {"shared"}
     assert "hydra.sweeper.ray.storage_path=/shared/ray_results" in services["launcher"]["entrypoint"]
+    assert "hydra.sweeper.registry.enabled=true" in services["launcher"]["entrypoint"]  # the stack registers each verdict
 
 
 def test_the_worker_file_for_another_host_joins_with_tls_the_token_and_the_tested_fixed_ports() -> None:

@@ -13,7 +13,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from devtools.cluster import free_port, stop_process_group
+from devtools.mlflow_screenshots import wait_http
 from ghm.comparison.record import SweepRecord
 from ghm.dashboard.build import build_dashboard
 from tests.conftest import ROOT, SMALL_DATA
@@ -232,19 +232,6 @@ def test_one_command_builds_and_serves_the_dashboard(search: dict[str, Any], bro
     missing = subprocess.run([sys.executable, "-m", "ghm.dashboard", "--experiment", "nope", "--tracking-uri", search["uri"]],
                              cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "no MLflow experiment 'nope'" in missing.stderr
-
-
-def wait_http(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stdout.read() if process.stdout else ""
-        try:
-            with urllib.request.urlopen(url, timeout=5) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer")
 
 
 def rest(base: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:

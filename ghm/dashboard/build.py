@@ -8,6 +8,8 @@ import os
 from functools import partial
 from pathlib import Path
 
+import optuna
+
 from ghm.dashboard.page import render
 from ghm.dashboard.source import DashboardError, load_sweep
 from ghm.tracking.store import default_tracking_uri, tracking_client
@@ -23,7 +25,13 @@ def build_dashboard(experiment: str, sweep: str | None = None, *, tracking_uri: 
     view = load_sweep(client, experiment, sweep)
     path = Path(output or DASHBOARD_DIR / f"{view.record.name}.html")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(client, view, optuna_storage or os.environ.get("OPTUNA_STORAGE")), encoding="utf-8")
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the charts' in-memory study of the trials is no news to the user
+    try:
+        page = render(client, view, optuna_storage or os.environ.get("OPTUNA_STORAGE"))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    path.write_text(page, encoding="utf-8")
     return path
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ghm.tracking.run import flatten
 
-# Where a run writes, and whether it resumes, are no part of what it computes.
-NOT_IDENTITY = ("checkpoint_dir", "paths", "train.resume")
+# Where a run writes, whether it resumes, and what MLflow records beside it are no part of what it computes.
+NOT_IDENTITY = ("checkpoint_dir", "paths", "train.resume", "mlflow.log_model", "mlflow.system_metrics", "mlflow.system_metrics_interval")
 
 
 class CheckpointError(RuntimeError):
@@ -81,7 +82,16 @@ class Checkpoint:
         """The last epoch's state, or None when there is none; another run's checkpoint is refused."""
         if not self.path.is_file():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)  # never unpickles code, whoever wrote the file
+        except Exception as err:  # torch's readers fail in many ways on a torn or foreign file (IndexError on a few bytes of text)
+            raise CheckpointError(f"{self.path} is unreadable as a checkpoint ({_reason(err)}): it is truncated, corrupt, or not one "
+                                  "this project wrote. Start the run over with train.resume=false (its first epoch overwrites the "
+                                  "file), or remove the file; it is never loaded with weights_only=False, which could run code "
+                                  "from it") from None
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{self.path} holds a {type(state).__name__}, not a checkpoint this project wrote: start the run "
+                                  "over with train.resume=false, or remove the file")
         recorded = state.get("identity")
         if recorded is None:
             raise CheckpointError(f"{self.path} records no run identity (written by an older version); remove it or choose "
@@ -98,3 +108,11 @@ class Checkpoint:
         partial = self.path.with_suffix(".partial")
         torch.save({**state, "identity": {"config": self.identity.config, "code_version": self.identity.code_version}}, partial)
         os.replace(partial, self.path)
+
+
+def _reason(err: BaseException) -> str:
+    """What went wrong reading a checkpoint, without torch's advice to load it with ``weights_only=False``."""
+    if isinstance(err, pickle.UnpicklingError):
+        return "torch's safe loader (weights_only=True) refused its content"
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {first[:200]}" if first and "weights_only" not in first else type(err).__name__

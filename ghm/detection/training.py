@@ -15,14 +15,18 @@ import dataclasses
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
+from PIL import Image
 from torch import Tensor, nn
 
 from ghm.detection.evaluation import evaluate
@@ -30,6 +34,9 @@ from ghm.detection.schedule import lr_factor, set_lr_factor
 from ghm.detection.telemetry import EpochMeter, figure_phases, log_figures, observed_loss_inputs
 from ghm.losses import NonFiniteInputError
 from ghm.run import Job
+from ghm.tracking.datasets import dataset_splits
+from ghm.tracking.model import detector_spec, log_detector, logged_model_bytes
+from ghm.tracking.version import source_tags
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +60,17 @@ def train(job: Job, on_epoch: EpochCallback | None = None) -> RunResult:
     """Train (resuming from the run's own last checkpoint), evaluate and track: the whole job."""
     with _sigterm_as_interrupt(), job.checkpoint.held() if job.rank == 0 else nullcontext():
         state = _resume(job)
-        tracking = job.tracker.start(run_id=state.get("run_id"), run_name=job.config.mlflow.run_name, tags=job.tags,
-                                     config=job.config.raw) if job.tracker else nullcontext(None)
+        settings = job.config.mlflow
+        tracking = job.tracker.start(run_id=state.get("run_id"), run_name=settings.run_name, tags=job.tags, config=job.config.raw,
+                                     datasets=dataset_splits(job.data),
+                                     system_metrics=settings.system_metrics_interval if settings.system_metrics else None) \
+            if job.tracker else nullcontext(None)
         with tracking as run_id:
             if job.tracker and job.model.backbone_weights and not state:  # the tensors the backbone checkpoint gave
                 job.tracker.log_dict(dataclasses.asdict(job.model.backbone_weights), "backbone_weights.json")
             metrics = _train_epochs(job, state, run_id, on_epoch)
+            if job.tracker and settings.log_model and not job.tracker.logged_models():  # once, even when resumed after the end
+                _log_model(job)
     if job.world_size > 1:  # rank 0 evaluated and tracked: every rank returns its result
         shared = [metrics, run_id]
         dist.broadcast_object_list(shared, src=0)
@@ -129,6 +141,19 @@ def warm_ghm_state(job: Job, batches: int) -> None:
         for norm in norms:
             norm.train()
     log.info("GHM's moving averages warmed on %d batches of the starting detector", min(batches, len(job.loader)))
+
+
+def _log_model(job: Job) -> None:
+    """The final detector as the run's MLflow logged model, linked to the final epoch's metrics; its size and time logged."""
+    val = job.data.val
+    with Image.open(val.images_dir / val.images[0]["file_name"]) as image:  # the input example: the first val image
+        example = np.asarray(image.convert("RGB"))
+    started = time.perf_counter()
+    spec = detector_spec(OmegaConf.to_container(job.config.raw.model, resolve=True), job.config.pretrain.norm_eval, val)
+    tags = {**source_tags(), **{k: job.tags[k] for k in ("loss_family", "baseline", "dataset", "model")}, "seed": str(job.config.seed)}
+    model_id = log_detector(job.model, spec, [example], step=job.config.train.epochs, tags=tags)
+    log.info("logged the detector as MLflow model %s (%.1f MB in %.1f s)", model_id,
+             logged_model_bytes(job.tracker.client, model_id) / 1e6, time.perf_counter() - started)
 
 
 def train_epoch(job: Job, epoch: int, skipped: int) -> tuple[dict[str, float], int]:

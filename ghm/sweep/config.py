@@ -6,7 +6,8 @@ hydra-optuna-sweeper's keys too (``sampler``, ``direction``, ``storage``, ``stud
 ``hydra/sweeper/sampler``. The engine knows the task only through these settings:
 what it returns and reports (``metric``, ``max_epochs``), how its runs pair (``baseline``,
 ``pair_by``, ``pair_ignore``) and where the sweep's MLflow parent run goes (``mlflow``), which the
-task's config declares (``conf/config.yaml``).
+task's config declares (``conf/config.yaml``); and whether the verdict goes to MLflow's Model
+Registry (``registry``).
 """
 
 from __future__ import annotations
@@ -166,6 +167,14 @@ class TrackingSettings:
 
 
 @dataclass
+class RegistrySettings:
+    """The sweep's verdict in MLflow's Model Registry: the best setting's detector and the baseline's, the better aliased."""
+
+    enabled: bool = False  # on in the compose stack (docker-compose.yml's launcher)
+    name: str = "ghm-detector"  # the registered model's name
+
+
+@dataclass
 class OptunaSweeperConf:
     """hydra-optuna-sweeper's ``OptunaSweeperConf``: the same keys and defaults."""
 
@@ -212,6 +221,7 @@ class SweeperConf:
     fixed_settings_for: str | None = None  # which arm the task's fixed settings were chosen for (e.g. loss=focal): said by untuned verdicts
     resume: bool = True
     mlflow: TrackingSettings = field(default_factory=TrackingSettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
     ray: RaySettings = field(default_factory=RaySettings)
     pruner: PrunerSettings = field(default_factory=PrunerSettings)
 
@@ -249,6 +259,11 @@ class SweeperConf:
                                  f"got {sequential.boundary!r}")
             if not 0.0 < sequential.alpha < 1.0:
                 raise ValueError(f"hydra.sweeper.sequential.alpha must be in (0, 1), got {sequential.alpha}")
+        if self.registry.enabled and not self.registry.name.strip():
+            raise ValueError("hydra.sweeper.registry.name must name the registered model when hydra.sweeper.registry.enabled=true, "
+                             f"got {self.registry.name!r}")
+        if self.registry.enabled and self.mlflow.experiment_name is None:
+            raise ValueError("hydra.sweeper.registry.enabled=true needs the sweep's MLflow runs: set hydra.sweeper.mlflow.experiment_name")
         if self.conditions and not self.arms:
             raise ValueError("hydra.sweeper.conditions are crossed with hydra.sweeper.arms: without arms, list the values on the "
                              "command line (a grid)")

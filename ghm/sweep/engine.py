@@ -133,6 +133,10 @@ class Sweep:
                                  pairing=self.pairing, trials=trials, comparisons=comparisons, space=searched, tuning=tuning,
                                  notes=notes)
             report(record, parent, sweep_dir)
+            if parent:  # the parent run's description, the Model Registry
+                from ghm.sweep.verdict import publish_verdict
+
+                publish_verdict(record, parent, self.settings.registry)
         except BaseException as err:
             if parent:
                 parent.fail(err)

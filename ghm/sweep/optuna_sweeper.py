@@ -51,18 +51,20 @@ def distribution_from_config(config: dict[str, Any]) -> BaseDistribution:
     raise NotImplementedError(f"{kind} is not supported by Optuna sweeper.")
 
 
-def params_from_overrides(arguments: list[str]) -> tuple[dict[str, BaseDistribution], dict[str, Any]]:
-    """The swept parameters as Optuna distributions, and the fixed ones as override values (upstream's split)."""
+def params_from_overrides(arguments: list[str]) -> tuple[dict[str, BaseDistribution], dict[str, Any], list[str]]:
+    """Upstream's split of the overrides: the swept ones as Optuna distributions, the fixed ones as override values, and the
+    deletions (``~key``, ``~key=value``) as they were given, which every trial passes on unchanged."""
     distributions: dict[str, BaseDistribution] = {}
     fixed: dict[str, Any] = {}
+    deletions: list[str] = []
     for override in OverridesParser.create().parse_overrides(arguments):
-        if override.is_sweep_override():
+        if override.is_delete():
+            deletions.append(override.input_line)
+        elif override.is_sweep_override():
             distributions[override.get_key_element()] = to_distribution(override)
         else:
             fixed[override.get_key_element()] = override.get_value_element_as_str()
-    for name in fixed:  # a fixed value wins over a swept one
-        distributions.pop(name, None)
-    return distributions, fixed
+    return distributions, fixed, deletions
 
 
 def grid_choices(name: str, distribution: BaseDistribution) -> list[Any]:
@@ -140,7 +142,9 @@ class OptunaSweep:
     def run(self, arguments: list[str]) -> None:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")  # the sweep's config, as Hydra's basic sweeper keeps it
-        distributions, fixed = params_from_overrides(self.search_arguments(arguments))
+        distributions, fixed, deletions = params_from_overrides(self.search_arguments(arguments))
+        for name in fixed:  # a fixed value wins over a swept one
+            distributions.pop(name, None)
         if self.settings.params is None and self.settings.search_space:
             for name, entry in self.settings.search_space.items():
                 distributions.setdefault(str(name), distribution_from_config(entry))
@@ -173,7 +177,7 @@ class OptunaSweep:
             while to_go > 0:
                 batch = min(to_go, self.settings.n_jobs)
                 trials = [study.ask() for _ in range(batch)]
-                overrides = [self._configure(trial, distributions, fixed) for trial in trials]
+                overrides = [self._configure(trial, distributions, fixed) + tuple(deletions) for trial in trials]
                 returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
                 self._tell(study, trials, returns, is_grid)
                 self.job_idx += len(returns)

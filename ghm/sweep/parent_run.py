@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from ghm.comparison.record import FAILED, FINISHED, PRUNED, REUSED, STATES, SweepRecord, TrialRecord
 from ghm.sweep.config import TrackingSettings
 from ghm.tracking.store import default_tracking_uri, experiment_id, tracking_client
+from ghm.tracking.version import source_tags
 
 
 def metric_slug(setting: str) -> str:
@@ -57,7 +58,7 @@ class ParentRun:
             self.run_id = existing[0].info.run_id
             self.client.update_run(self.run_id, status="RUNNING")
             return self.run_id
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={"sweep_parent": name, "search": search})
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={**source_tags(), "sweep_parent": name, "search": search})
         self.run_id = run.info.run_id
         for key, value in params.items():
             self.client.log_param(self.run_id, key, str(value)[:6000])

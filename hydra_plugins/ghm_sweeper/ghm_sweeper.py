@@ -4,7 +4,9 @@
 :class:`ghm.sweep.engine.Sweep`: grids and Optuna searches on Ray Tune, with pruning, resume,
 baselines and paired comparison; its settings are the typed :class:`ghm.sweep.config.SweeperConf`.
 ``optuna`` is hydra-optuna-sweeper's behaviour and config (:mod:`ghm.sweep.optuna_sweeper`), so
-an app written for that plugin runs unchanged. Both share the ``hydra/sweeper/sampler`` options of
+an app written for that plugin runs unchanged; where the ``hydra-optuna-sweeper`` distribution is
+installed and its package is the one Python imports, ``optuna`` is left to it, and a warning says
+which one is active and how to choose (:mod:`ghm.sweep.drop_in`). Both share the ``hydra/sweeper/sampler`` options of
 that plugin: ``tpe``, ``random``, ``grid``, ``cmaes``, ``nsgaii``, ``qmc``, ``gp`` (and ``motpe``,
 which fails with upstream's message: Optuna removed it).
 """
@@ -30,6 +32,7 @@ from ghm.sweep.config import (
     SweeperConf,
     TPESamplerConf,
 )
+from ghm.sweep.drop_in import announce
 
 if TYPE_CHECKING:  # the engines import MLflow, Ray and Optuna: only a sweep pays for them, not every start of an app
     from ghm.sweep.engine import Sweep
@@ -79,7 +82,8 @@ class OptunaSweeper(Sweeper):
 def _register() -> None:
     store = ConfigStore.instance()
     store.store(group="hydra/sweeper", name="ghm", node=SweeperConf, provider="ghm_sweeper")
-    store.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="ghm_sweeper")
+    if announce().drop_in_active:  # an installed hydra-optuna-sweeper whose package Python imports registers its own
+        store.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="ghm_sweeper")
     samplers = {"tpe": TPESamplerConf, "random": RandomSamplerConf, "grid": GridSamplerConf, "cmaes": CmaEsSamplerConf,
                 "nsgaii": NSGAIISamplerConf, "motpe": MOTPESamplerConf, "gp": GPSamplerConf, "qmc": QMCSamplerConf}
     for name, node in samplers.items():
