@@ -51,7 +51,7 @@ STUDIES = (
     Study("ghm_regime_lookalikes", "Look-alike negatives (hard negatives)",
           "Does GHM gain when every image holds digit-like negatives (digits turned a quarter or mirrored)?", axis="data.lookalikes"),
     Study("ghm_regime_examples", "Fewer examples per class",
-          "Does GHM gain when the training split shrinks from 4000 images to 1000 and 250?", axis="data.train_images"),
+          "Does GHM gain when the training split shrinks from 4000 images to 1600 and 800 (the same 700 steps)?", axis="data.train_images"),
     Study("ghm_density_examples", "Examples per density estimate",
           "Does GHM suffer from estimating the density on few examples (8 against 32 images per step, the density over "
           "each step's images per FPN level, the rate by the linear rule)?", axis="train.batch_size"),
