@@ -186,7 +186,10 @@ class NativeCluster:
         self.token_path.chmod(0o600)
 
     def _ray_environment(self) -> dict[str, str]:
-        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
+        # a cluster of several nodes: never Ray's local-only mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which a caller's
+        # warm local head sets) that refuses every worker node
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path),
+               "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
         env.pop("RAY_AUTH_TOKEN", None)  # the token file is the one source
         env.pop("RAY_ADDRESS", None)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CHECKOUT_DIR), os.environ.get("PYTHONPATH")) if p)

@@ -92,7 +92,7 @@ def build_job(run: RunConfig, pairing: Pairing, choices: Mapping[str, str], proc
     if tracker and pretrained:  # the run points at the run that trained its backbone
         tags["backbone_run_id"] = record_in_mlflow(pretrained, tracker.tracking_uri)
     return Job(config=run, device=device, world_size=processes.world_size, rank=processes.rank, data=data, model=model,
-               ddp=DistributedDataParallel(model) if processes.world_size > 1 else None, optimizer=build_optimizer(run, model),
+               ddp=_distributed(model) if processes.world_size > 1 else None, optimizer=build_optimizer(run, model),
                amp=amp, scaler=torch.amp.GradScaler("cuda", enabled=amp), sampler=sampler, loader=loader,
                val_loader=DataLoader(data.val, batch_size=cfg.batch_size, collate_fn=collate, num_workers=cfg.num_workers),
                iters_per_epoch=min(len(loader), cfg.max_iters_per_epoch or len(loader)),
@@ -141,3 +141,10 @@ def build_optimizer(run: RunConfig, model: torch.nn.Module) -> torch.optim.Optim
     groups = [{"params": [p for p in trainable if p.ndim > 1], "weight_decay": run.train.weight_decay},
               {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0}]
     return torch.optim.SGD(groups, lr=base_lr(run.train), momentum=run.train.momentum)
+
+
+def _distributed(model: torch.nn.Module) -> DistributedDataParallel:
+    """DDP without broadcasting buffers, as mmdetection wraps its detectors: under ``ghm_scope=official`` each rank's GHM
+    state (the EMA of its own images' counts) stays its own, as each GPU's does in the official code, instead of being
+    overwritten by rank 0's at every forward (a whole-batch density is all-reduced, so the ranks' states agree anyway)."""
+    return DistributedDataParallel(model, broadcast_buffers=False)

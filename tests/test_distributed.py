@@ -105,7 +105,9 @@ def same_picture_dataset(root: Path, images: int = 16) -> None:
 
 
 def trainer_overrides(root: Path, out: Path) -> list[str]:
-    return ["loss=ghm", "data=coco", "pretrain=none", f"data.root={root}", "data.train_images=images", "data.val_images=images",
+    # whole_batch: the density over the whole batch, shared by the ranks (the official per-group scope gives each rank its own)
+    return ["loss=ghm", "model.ghm_scope=whole_batch", "data=coco", "pretrain=none", f"data.root={root}", "data.train_images=images",
+            "data.val_images=images",
             "data.train_annotations=annotations.json", "data.val_annotations=annotations.json", "data.hflip=false",
             "model.min_size=64", "model.max_size=64", "train=smoke", "train.batch_size=8", "train.max_iters_per_epoch=2",
             "train.epochs=1", "train.figures=false", "train.warmup_iters=0", f"checkpoint_dir={out}",

@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
@@ -14,6 +16,7 @@ from ghm.comparison.pairing import Pairing
 from ghm.comparison.record import FINISHED, SweepRecord, TrialRecord
 from ghm.comparison.settings import compare_settings
 from ghm.reproduction.__main__ import main
+from ghm.reproduction.detectors import export
 from ghm.reproduction.paper import PaperRow, PaperTable
 from ghm.reproduction.report import build_report
 from ghm.reproduction.studies import Study
@@ -189,3 +192,31 @@ def test_a_table_run_at_two_rates_is_given_at_each(tmp_path: Path) -> None:
     assert "### At `train=a`" in report and "### At `train=b`" in report
     at_a, at_b = report.split("### At `train=b`")
     assert row(at_a, "GHM-C (`loss=ghmc_sl1`)")[5].startswith("-10.0 [") and row(at_b, "FL (`loss=focal`)")[3].startswith("40.5 ")
+
+
+def test_an_arms_detectors_are_exported_by_seed_from_its_confirmation_runs_only(tmp_path: Path) -> None:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = client.create_experiment("tuned")
+    parent = client.create_run(experiment_id, tags={"sweep_parent": "sweep-arms", "search": "optuna"}).info.run_id
+    trials = []
+    # (arm, seed, search trial): focal's search trial on seed 0, then each arm's confirmation seeds 1 and 2
+    for number, (arm, seed, search) in enumerate([("focal", 0, 0), ("focal", 1, None), ("focal", 2, None), ("ghm", 1, None)]):
+        run = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
+        folder = tmp_path / "runs" / str(number)
+        folder.mkdir(parents=True)
+        torch.save({"model": {"w": torch.full((2,), float(number))}, "epoch": 7}, folder / "last.pt")
+        client.log_param(run, "checkpoint_dir", str(folder))
+        client.set_terminated(run)
+        trials.append(TrialRecord(number, {"loss": arm, "seed": seed}, FINISHED, 0.3, seed, arm == "focal", run, arm=arm,
+                                  search_trial=search))
+    record = SweepRecord("sweep-arms", "optuna", "mAP", "maximize", Pairing.declare("loss=focal"), trials, [])
+    client.log_dict(parent, record.to_json(), "sweep.json")
+    client.set_terminated(parent)
+
+    written = export(client, "tuned", "focal", tmp_path / "out")
+    assert sorted(written) == [1, 2]  # not the search trial's seed 0, nor the other arm's
+    for seed, number in ((1, 1), (2, 2)):
+        state = torch.load(written[seed], weights_only=True)
+        assert set(state) == {"model"} and torch.equal(state["model"]["w"], torch.full((2,), float(number)))
+    with pytest.raises(SystemExit, match="arms are \\['focal', 'ghm'\\]"):
+        export(client, "tuned", "gmh", tmp_path / "out")
