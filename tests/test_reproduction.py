@@ -199,23 +199,24 @@ def test_an_arms_detectors_are_exported_by_seed_from_its_confirmation_runs_only(
     experiment_id = client.create_experiment("tuned")
     parent = client.create_run(experiment_id, tags={"sweep_parent": "sweep-arms", "search": "optuna"}).info.run_id
     trials = []
-    # (arm, seed, search trial): focal's search trial on seed 0, then each arm's confirmation seeds 1 and 2
-    for number, (arm, seed, search) in enumerate([("focal", 0, 0), ("focal", 1, None), ("focal", 2, None), ("ghm", 1, None)]):
+    # (arm, seed, search trial, lr): focal's search trials on seed 0 (the second the best), each arm's confirmation seeds
+    trials_run = [("focal", 0, 0, 0.1), ("focal", 0, 1, 0.02), ("focal", 1, None, 0.02), ("focal", 2, None, 0.02), ("ghm", 1, None, 0.01)]
+    for number, (arm, seed, search, lr) in enumerate(trials_run):
         run = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
         folder = tmp_path / "runs" / str(number)
         folder.mkdir(parents=True)
         torch.save({"model": {"w": torch.full((2,), float(number))}, "epoch": 7}, folder / "last.pt")
         client.log_param(run, "checkpoint_dir", str(folder))
         client.set_terminated(run)
-        trials.append(TrialRecord(number, {"loss": arm, "seed": seed}, FINISHED, 0.3, seed, arm == "focal", run, arm=arm,
+        trials.append(TrialRecord(number, {"loss": arm, "train.lr": lr, "seed": seed}, FINISHED, 0.3, seed, arm == "focal", run, arm=arm,
                                   search_trial=search))
     record = SweepRecord("sweep-arms", "optuna", "mAP", "maximize", Pairing.declare("loss=focal"), trials, [])
     client.log_dict(parent, record.to_json(), "sweep.json")
     client.set_terminated(parent)
 
     written = export(client, "tuned", "focal", tmp_path / "out")
-    assert sorted(written) == [1, 2]  # not the search trial's seed 0, nor the other arm's
-    for seed, number in ((1, 1), (2, 2)):
+    assert sorted(written) == [0, 1, 2]  # the best's search trial and confirmations; not the other search trial, nor ghm's
+    for seed, number in ((0, 1), (1, 2), (2, 3)):
         state = torch.load(written[seed], weights_only=True)
         assert set(state) == {"model"} and torch.equal(state["model"]["w"], torch.full((2,), float(number)))
     with pytest.raises(SystemExit, match="arms are \\['focal', 'ghm'\\]"):

@@ -1,7 +1,8 @@
 """One arm's trained detectors of a comparison of arms, by seed: the starting points of a warm-start study.
 
 ``python -m ghm.reproduction.detectors --experiment ghm_vs_focal_tuned --arm focal --out multirun/focal_detectors``
-writes ``seed<N>.pt`` (the detector's tensors, what ``model.weights`` loads) for each of the arm's confirmation runs,
+writes ``seed<N>.pt`` (the detector's tensors, what ``model.weights`` loads) for each run of the arm's best settings (its
+confirmation seeds and the tuning seeds it was chosen on),
 read from the run's own checkpoint (its ``checkpoint_dir`` param), so that ``experiments=ghm_warm_start`` continues each
 seed's detector on the same seed.
 """
@@ -19,14 +20,20 @@ from ghm.tracking.store import default_tracking_uri, tracking_client
 
 
 def export(client: MlflowClient, experiment: str, arm: str, out: Path, sweep: str | None = None) -> dict[int, Path]:
-    """Each confirmation run of ``arm`` (the latest sweep of ``experiment`` by default) as ``out/seed<N>.pt``; by seed."""
+    """Each run of ``arm``'s best settings (the latest sweep of ``experiment`` by default): its confirmation runs and the
+    search trial it was chosen from, on the tuning seeds, as ``out/seed<N>.pt``; by seed."""
     record = load_sweep(client, experiment, sweep).record
     arms = sorted({t.arm for t in record.trials if t.arm})
     if arm not in arms:
         raise SystemExit(f"--arm {arm!r}: the sweep's arms are {arms}")
-    runs = {t.seed: t.mlflow_run_id for t in record.trials if t.arm == arm and t.search_trial is None and t.mlflow_run_id}
-    if not runs:
+    pair_by = record.pairing.pair_by
+    confirmed = [t for t in record.trials if t.arm == arm and t.search_trial is None and t.mlflow_run_id]
+    if not confirmed:
         raise SystemExit(f"arm {arm!r} of {experiment!r} has no confirmation run in MLflow yet")
+    best = {k: v for k, v in confirmed[0].params.items() if k != pair_by}
+    # the best's runs on the tuning seeds too: the search trial it was chosen from ran the same settings there
+    runs = {t.seed: t.mlflow_run_id for t in record.trials if t.arm == arm and t.mlflow_run_id and t.seed is not None
+            and {k: v for k, v in t.params.items() if k != pair_by} == best}
     out.mkdir(parents=True, exist_ok=True)
     written = {}
     for seed, run_id in sorted(runs.items()):
