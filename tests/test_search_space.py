@@ -6,7 +6,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from ghm.sweep.config import SweeperConf
-from ghm.sweep.space import parse_search_space
+from ghm.sweep.space import condition_space, parse_search_space
 
 
 def test_command_line_lists_make_a_grid_in_hydra_order() -> None:
@@ -55,3 +55,9 @@ def test_the_ghm_sweeper_refuses_what_is_hydra_optuna_sweepers_alone() -> None:
         SweeperConf(sampler={"_target_": "optuna.samplers.GridSampler", "_partial_": True}).check()
     with pytest.raises(ValueError, match=r"several directions: hydra/sweeper=optuna"):
         SweeperConf(sampler={}, direction=["minimize", "minimize"]).check()
+
+
+def test_a_single_valued_condition_is_a_level_every_job_takes_not_a_key_left_out() -> None:
+    space = condition_space({"train.epochs": "28", "data.lookalikes": "0,6"})
+    assert space.grid() == [{"train.epochs": 28, "data.lookalikes": 0}, {"train.epochs": 28, "data.lookalikes": 6}]
+    assert condition_space({"model.name": "retinanet_tiny"}).grid() == [{"model.name": "retinanet_tiny"}]

@@ -53,6 +53,10 @@ STUDIES = (
           "Does GHM gain when every image holds digit-like negatives (digits turned a quarter or mirrored)?", axis="data.lookalikes"),
     Study("ghm_regime_examples", "Fewer examples per class",
           "Does GHM gain when the training split shrinks from 4000 images to 800 (the same 700 steps)?", axis="data.train_images"),
+    Study("ghm_converged_lookalikes", "Look-alike negatives, both losses converged",
+          "Does GHM gain on hard negatives once both losses have converged (28 epochs, where they tie on clean data)?"),
+    Study("ghm_converged_unlabelled", "Unannotated digits, both losses converged",
+          "Does GHM gain on outliers (40% of the digits unannotated) once both losses have converged (28 epochs)?"),
     Study("ghm_density_examples", "Examples per density estimate",
           "Does GHM suffer from estimating the density on few examples (8 against 32 images per step, the density over "
           "each step's images per FPN level, the rate by the linear rule)?", axis="train.batch_size"),

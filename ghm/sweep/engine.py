@@ -36,7 +36,7 @@ from ghm.sweep.config import ArmConf, SweeperConf
 from ghm.sweep.identity import SweepIdentity
 from ghm.sweep.report import check_failures, provenance, report
 from ghm.sweep.search import ArmSearch, GridSearch, OptunaSearch, Role, Search
-from ghm.sweep.space import SearchSpace, parse_search_space
+from ghm.sweep.space import SearchSpace, condition_space, parse_search_space
 from ghm.sweep.trials import TaskJob, TrialSpec, failure_value, ray_session, run_trials
 
 if TYPE_CHECKING:  # MLflow's import costs a sweep's start seconds: only a sweep that tracks its runs pays for it
@@ -315,7 +315,7 @@ class Sweep:
         is_searched = [o.is_interval_sweep() or o.get_key_element() in self.settings.params for o in space.sweeps]
         searched = SearchSpace(fixed=(), sweeps=tuple(o for o, s in zip(space.sweeps, is_searched, strict=True) if s))
         listed = SearchSpace(fixed=(), sweeps=tuple(o for o, s in zip(space.sweeps, is_searched, strict=True) if not s)
-                             + parse_search_space([f"{k}={v}" for k, v in self.settings.conditions.items()]).sweeps)
+                             + condition_space(dict(self.settings.conditions)).sweeps)
         if any(o.is_interval_sweep() for o in listed.sweeps):
             raise ValueError("hydra.sweeper.conditions must list values (key: 'a,b'), not intervals: intervals are searched (params)")
         conditions = listed.grid() if listed.sweeps else [{}]

@@ -84,3 +84,15 @@ def parse_search_space(arguments: list[str], params: dict[str, str] | None = Non
             raise ValueError(f"{override.input_line}: unsupported sweep")
     fixed = tuple(o.input_line for o in parsed.values() if not o.is_sweep_override())
     return SearchSpace(fixed=fixed, sweeps=sweeps)
+
+
+def condition_space(conditions: dict[str, Any]) -> SearchSpace:
+    """``hydra.sweeper.conditions`` as sweeps: a listed key (``"a,b"``) gives its values, a single value one condition level
+    that every job takes (``train.epochs: 28``), never a key silently left out."""
+    parser = OverridesParser.create()
+    sweeps = []
+    for override in parser.parse_overrides([f"{key}={value}" for key, value in conditions.items()]):
+        if not override.is_sweep_override():
+            override = parser.parse_override(f"{override.get_key_element()}=choice({override.get_value_element_as_str()})")
+        sweeps.append(override)
+    return SearchSpace(fixed=(), sweeps=tuple(sweeps))
