@@ -68,8 +68,9 @@ def test_too_many_failures_fail_the_sweep(tmp_path: Path) -> None:
 def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAY_ADDRESS")  # the default: the warm local head, which outlives the killed launcher (its trials do not)
     log = tmp_path / "executions.txt"
-    command = [sys.executable, "curves.py", "-m", "x=0.1,0.2,0.3,0.4,0.5", "hydra.sweeper.n_jobs=1", "hydra.sweeper.study_name=resume",
-               "seconds_per_epoch=1.0", f"log={log}", *places(tmp_path, "resume")]
+    # x=0.9 fails first (fail_above): a failed trial is a result, kept as failed when the sweep resumes
+    command = [sys.executable, "curves.py", "-m", "x=0.9,0.1,0.2,0.3,0.4,0.5", "hydra.sweeper.n_jobs=1", "hydra.sweeper.study_name=resume",
+               "fail_above=0.85", "hydra.sweeper.max_failure_rate=0.5", "seconds_per_epoch=1.0", f"log={log}", *places(tmp_path, "resume")]
     first = subprocess.Popen(command, cwd=APPS, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
@@ -81,6 +82,7 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path: Pat
     second = subprocess.run(command, cwd=APPS, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming sweep resume" in second.stdout + second.stderr
+    assert "trials 0 failed before and stay failed on resume" in second.stdout + second.stderr  # and how to run it again
     executions = sorted(log.read_text().splitlines())
     assert executions == [f"x={x} seed=0" for x in (0.1, 0.2, 0.3, 0.4, 0.5)]  # each exactly once
 

@@ -117,6 +117,12 @@ def run_trials(experiment: str, spec: TrialSpec, *, mode: str, n_jobs: int, ray:
     path = storage / experiment
     if resume and tune.Tuner.can_restore(str(path)):
         log.info("resuming sweep %s from %s: finished trials are kept", experiment, path)
+        failed = sorted(int(r.stem) for r in Path(spec.completed_dir).glob("*.json")
+                        if json.loads(r.read_text()).get("trial_state") == FAILED)
+        if failed:  # a failed trial is a result (a diverged run stays diverged); one whose cause was fixed must be asked for
+            log.warning("sweep %s: trials %s failed before and stay failed on resume; once their cause is fixed, run them again "
+                        "with hydra.sweeper.resume=false hydra.sweeper.reuse=finished (finished runs are taken from MLflow)",
+                        experiment, ", ".join(map(str, failed)))
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         plan = spec.search.plan(spec.metric, mode)
