@@ -194,7 +194,7 @@ def test_a_table_run_at_two_rates_is_given_at_each(tmp_path: Path) -> None:
     assert row(at_a, "GHM-C (`loss=ghmc_sl1`)")[5].startswith("-10.0 [") and row(at_b, "FL (`loss=focal`)")[3].startswith("40.5 ")
 
 
-def test_an_arms_detectors_are_exported_by_seed_from_its_confirmation_runs_only(tmp_path: Path) -> None:
+def test_an_arms_detectors_are_exported_by_seed_from_the_runs_of_its_best_settings_only(tmp_path: Path) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment_id = client.create_experiment("tuned")
     parent = client.create_run(experiment_id, tags={"sweep_parent": "sweep-arms", "search": "optuna"}).info.run_id

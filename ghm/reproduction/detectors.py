@@ -2,19 +2,20 @@
 
 ``python -m ghm.reproduction.detectors --experiment ghm_vs_focal_tuned --arm focal --out multirun/focal_detectors``
 writes ``seed<N>.pt`` (the detector's tensors, what ``model.weights`` loads) for each run of the arm's best settings (its
-confirmation seeds and the tuning seeds it was chosen on),
-read from the run's own checkpoint (its ``checkpoint_dir`` param), so that ``experiments=ghm_warm_start`` continues each
-seed's detector on the same seed.
+confirmation seeds and the tuning seeds it was chosen on), read from the run's own checkpoint (its ``checkpoint_dir``
+param), so that ``experiments=ghm_warm_start`` continues each seed's detector on the same seed.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import torch
 from mlflow.tracking import MlflowClient
 
+from ghm.comparison.record import TrialRecord
 from ghm.dashboard.source import load_sweep
 from ghm.tracking.store import default_tracking_uri, tracking_client
 
@@ -26,14 +27,15 @@ def export(client: MlflowClient, experiment: str, arm: str, out: Path, sweep: st
     arms = sorted({t.arm for t in record.trials if t.arm})
     if arm not in arms:
         raise SystemExit(f"--arm {arm!r}: the sweep's arms are {arms}")
-    pair_by = record.pairing.pair_by
+    def settings(trial: TrialRecord) -> dict[str, Any]:  # a job's values but its seed (a dict: key order may differ)
+        return {k: v for k, v in trial.params.items() if k != record.pairing.pair_by}
+
     confirmed = [t for t in record.trials if t.arm == arm and t.search_trial is None and t.mlflow_run_id]
     if not confirmed:
         raise SystemExit(f"arm {arm!r} of {experiment!r} has no confirmation run in MLflow yet")
-    best = {k: v for k, v in confirmed[0].params.items() if k != pair_by}
     # the best's runs on the tuning seeds too: the search trial it was chosen from ran the same settings there
-    runs = {t.seed: t.mlflow_run_id for t in record.trials if t.arm == arm and t.mlflow_run_id and t.seed is not None
-            and {k: v for k, v in t.params.items() if k != pair_by} == best}
+    runs = {t.seed: t.mlflow_run_id for t in record.trials
+            if t.arm == arm and t.mlflow_run_id and t.seed is not None and settings(t) == settings(confirmed[0])}
     out.mkdir(parents=True, exist_ok=True)
     written = {}
     for seed, run_id in sorted(runs.items()):
