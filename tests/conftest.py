@@ -88,13 +88,19 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         shutil.rmtree(HEADS_DIR, ignore_errors=True)
 
 
+# The run's head must not stop between two tests that need it (a worker may spend many minutes on tests without Ray, and
+# the fixture is evaluated once per worker): longer than any run; `pytest_sessionfinish` stops it, and a killed run's head
+# stops itself after this.
+RUN_HEAD_IDLE_S = 5400
+
+
 @pytest.fixture(scope="session")
 def ray_head() -> dict[str, str]:
     """The run's warm head (4 CPUs: two workers' sweeps at once), started by the first test that needs it; yields the
     drivers' environment. A sweep's driver that finds ``RAY_ADDRESS`` connects in about a second where a local Ray
     takes 8-15 s to start and 4 s to stop."""
     head = WarmHead()
-    record, _ = head.acquire(idle_timeout_s=300, num_cpus=4)
+    record, _ = head.acquire(idle_timeout_s=RUN_HEAD_IDLE_S, num_cpus=4)
     return head.environment(record)
 
 

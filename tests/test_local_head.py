@@ -111,9 +111,16 @@ def test_the_command_starts_lists_and_stops_the_head_and_ray_status_reaches_it(h
     assert set(exports) == {"RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
     listed = command("list")
     assert re.search(rf"running\s+{re.escape(exports['RAY_ADDRESS'])}\s+1\s+\d+s\s+900s\s+{re.escape(sys.executable)}", listed), listed
-    status = subprocess.run([str(Path(sys.executable).parent / "ray"), "status"], env={**env, **exports}, capture_output=True, text=True,
-                            timeout=120)
-    assert status.returncode == 0 and "1.0 CPU" in status.stdout, status.stdout + status.stderr  # Ray's own tool, with the exports
+
+    def ray_status() -> subprocess.CompletedProcess:
+        return subprocess.run([str(Path(sys.executable).parent / "ray"), "status"], env={**env, **exports}, capture_output=True, text=True,
+                              timeout=120)
+
+    # Ray's own tool, with the exports; the head's autoscaler reports its resources a few seconds after it starts
+    # ("No cluster status. It may take a few seconds for the Ray internal services to start up.").
+    wait_until(lambda: "No cluster status" not in ray_status().stdout, 60, "ray status reports the cluster")
+    status = ray_status()
+    assert status.returncode == 0 and "1.0 CPU" in status.stdout, status.stdout + status.stderr
     refused = subprocess.run([str(Path(sys.executable).parent / "ray"), "status"], capture_output=True, text=True, timeout=120,
                              env={**env, **exports, "RAY_AUTH_MODE": "disabled"})
     assert refused.returncode != 0  # without the token: no
