@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -88,24 +89,45 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         shutil.rmtree(HEADS_DIR, ignore_errors=True)
 
 
-# The run's head must not stop between two tests that need it (a worker may spend many minutes on tests without Ray, and
-# the fixture is evaluated once per worker): longer than any run; `pytest_sessionfinish` stops it, and a killed run's head
-# stops itself after this.
-RUN_HEAD_IDLE_S = 5400
+# How long the run's head waits without a driver. Sweeps without an address in the tests set the shared head's idle time
+# too (the last driver's setting wins, as for a user's sweeps), so `ray_head` sets it back, and starts the head again if
+# it stopped, whenever a test reads it. `pytest_sessionfinish` stops it; a killed run's head stops itself after this.
+RUN_HEAD_IDLE_S = 1800
+
+
+class RunHead(Mapping[str, str]):
+    """The run's warm head as a driver's environment, acquired at every read: a head that stopped while no test used it
+    (a worker may run tests without Ray for longer than any idle time) is started again instead of leaving a stale
+    address."""
+
+    def __init__(self) -> None:
+        self.head = WarmHead()
+        self._environment()  # up from the first test that needs it
+
+    def _environment(self) -> dict[str, str]:
+        record, _ = self.head.acquire(idle_timeout_s=RUN_HEAD_IDLE_S, num_cpus=4)
+        return self.head.environment(record)
+
+    def __getitem__(self, key: str) -> str:
+        return self._environment()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._environment())
+
+    def __len__(self) -> int:
+        return len(self._environment())
 
 
 @pytest.fixture(scope="session")
-def ray_head() -> dict[str, str]:
-    """The run's warm head (4 CPUs: two workers' sweeps at once), started by the first test that needs it; yields the
-    drivers' environment. A sweep's driver that finds ``RAY_ADDRESS`` connects in about a second where a local Ray
-    takes 8-15 s to start and 4 s to stop."""
-    head = WarmHead()
-    record, _ = head.acquire(idle_timeout_s=RUN_HEAD_IDLE_S, num_cpus=4)
-    return head.environment(record)
+def ray_head() -> Mapping[str, str]:
+    """The run's warm head (4 CPUs: two workers' sweeps at once), started by the first test that needs it: the drivers'
+    environment. A sweep's driver that finds ``RAY_ADDRESS`` connects in about a second where a local Ray takes 8-15 s
+    to start and 4 s to stop."""
+    return RunHead()
 
 
 @pytest.fixture
-def ray_address(ray_head: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
+def ray_address(ray_head: Mapping[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
     """The session's Ray head for this test's sweeps (drivers started by the test inherit the environment)."""
     for key, value in ray_head.items():
         monkeypatch.setenv(key, value)

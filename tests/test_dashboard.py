@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
                   "--disable-component-update", "--disable-sync"]
 
 
-def run(args: list[str], cwd: Path, ray_head: dict[str, str]) -> str:
+def run(args: list[str], cwd: Path, ray_head: Mapping[str, str]) -> str:
     """A sweep on the session's Ray head."""
     result = subprocess.run([sys.executable, *args], cwd=cwd, env={**os.environ, **ray_head}, capture_output=True, text=True,
                             timeout=900)
@@ -44,7 +44,7 @@ def run(args: list[str], cwd: Path, ray_head: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory: pytest.TempPathFactory, ray_head: dict[str, str]) -> dict[str, Any]:
+def grid(tmp_path_factory: pytest.TempPathFactory, ray_head: Mapping[str, str]) -> dict[str, Any]:
     """GHM and focal loss on seeds 0 and 1 (2 epochs of the smoke schedule), tracked in a store of its own."""
     tmp = tmp_path_factory.mktemp("grid")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -55,7 +55,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory, ray_head: dict[str, str]) -> 
 
 
 @pytest.fixture(scope="module")
-def search(tmp_path_factory: pytest.TempPathFactory, ray_head: dict[str, str]) -> dict[str, Any]:
+def search(tmp_path_factory: pytest.TempPathFactory, ray_head: Mapping[str, str]) -> dict[str, Any]:
     """An Optuna search of the curves app: x above 0.8 fails, ASHA prunes some of the rest."""
     tmp = tmp_path_factory.mktemp("search")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -69,7 +69,7 @@ def search(tmp_path_factory: pytest.TempPathFactory, ray_head: dict[str, str]) -
 
 
 @pytest.fixture(scope="module")
-def tuned(tmp_path_factory: pytest.TempPathFactory, ray_head: dict[str, str]) -> dict[str, Any]:
+def tuned(tmp_path_factory: pytest.TempPathFactory, ray_head: Mapping[str, str]) -> dict[str, Any]:
     """A tuned comparison of the curves app: 4 search trials per arm on seeds 0 and 1, the bests confirmed on seeds 2 and 3."""
     tmp = tmp_path_factory.mktemp("tuned")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"

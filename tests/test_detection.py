@@ -16,7 +16,7 @@ from ghm.data.coco import CocoDetection, collate
 from ghm.data.digits_det import DigitsDetParams, ensure_digits_det
 from ghm.detection.evaluation import evaluate
 from ghm.detection.model import build_detector
-from ghm.losses import FocalLoss, SmoothL1Loss
+from ghm.losses import GHMC, GHMR, FocalLoss, SmoothL1Loss
 
 IMAGES = [  # one image per batch: torchvision normalises per image, GHMRetinaNet over the batch (the same for one image)
     (torch.rand(3, 96, 96), {"boxes": torch.tensor([[10.0, 12.0, 30.0, 40.0], [50.0, 20.0, 71.0, 44.0]]), "labels": torch.tensor([2, 5])}),
@@ -90,3 +90,16 @@ def test_boxes_off_by_a_third_count_at_iou_half_but_not_at_three_quarters(val_sp
     evaluation = evaluate(GroundTruth(val_split, shift=0.25), loader, val_split, torch.device("cpu"))
     assert evaluation.metrics["AP50"] == pytest.approx(1.0) and evaluation.metrics["AP75"] == pytest.approx(0.0)
     assert 0.0 < evaluation.metrics["mAP"] < 0.5
+
+
+def test_the_inference_state_of_an_official_scope_ghm_detector_loads_into_a_detector_built_without_losses() -> None:
+    """What the logged MLflow model holds: the weights without GHM's per-group EMA state (8 images per step are 4 groups of
+    2 under the official scope, so the trained detector has 3 group copies of each loss that an inference build lacks)."""
+    trained = build_detector(10, GHMC(), GHMR(), min_size=96, max_size=96, ghm_scope="official", images_per_step=8)
+    assert any(k.startswith("cls_loss_groups.2.") for k in trained.state_dict())  # the check can fail: group state exists
+    state = trained.inference_state_dict()
+    assert not any(k.split(".", 1)[0] in ("cls_loss", "reg_loss", "cls_loss_groups", "reg_loss_groups") for k in state)
+    inference = build_detector(10, nn.Identity(), nn.Identity(), min_size=96, max_size=96, ghm_scope="official")
+    inference.load_state_dict(state)  # strict: every tensor of the detector, and nothing else
+    for key, value in state.items():
+        assert torch.equal(inference.state_dict()[key], value)

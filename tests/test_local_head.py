@@ -11,7 +11,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -66,7 +66,7 @@ def heads(tmp_path: Path) -> Iterator[Path]:
         head.stop()
 
 
-def test_sweeps_share_a_warm_head_that_stops_once_no_driver_is_left(heads: Path, tmp_path: Path, ray_head: dict[str, str]) -> None:
+def test_sweeps_share_a_warm_head_that_stops_once_no_driver_is_left(heads: Path, tmp_path: Path, ray_head: Mapping[str, str]) -> None:
     first = sphere(heads, tmp_path, "first")
     assert "Ray: warm local Ray head 127.0.0.1:" in first.splitlines()[0]
     assert "(started now" in first.splitlines()[0] and "stops after 600 s without a sweep" in first.splitlines()[0]

@@ -14,6 +14,7 @@ import os
 import statistics
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ def git(*args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory, ray_head: dict[str, str]) -> dict[str, Any]:
+def sweep(tmp_path_factory: pytest.TempPathFactory, ray_head: Mapping[str, str]) -> dict[str, Any]:
     """GHM against focal loss on seeds 0 and 1 (2 short epochs), the verdict registered, system metrics sampled each second."""
     tmp = tmp_path_factory.mktemp("native")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"

@@ -102,6 +102,13 @@ class GHMRetinaNet(RetinaNet):
         self.backbone_weights = backbone_weights  # how the backbone was initialised, when from a checkpoint
         self.loss_inputs = LossInputsProbe()
 
+    LOSS_MODULES = ("cls_loss", "reg_loss", "cls_loss_groups", "reg_loss_groups")
+
+    def inference_state_dict(self) -> dict[str, Tensor]:
+        """The detector's state without its losses' (GHM's EMA, one copy per group under the official scope): what
+        inference needs, loadable into this detector built with any losses and any number of groups."""
+        return {k: v for k, v in self.state_dict().items() if k.split(".", 1)[0] not in self.LOSS_MODULES}
+
     def _match(self, targets: list[dict[str, Tensor]], anchors: list[Tensor]) -> list[Tensor]:
         matched = []
         for anchors_per_image, target in zip(anchors, targets, strict=True):

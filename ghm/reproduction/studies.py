@@ -39,8 +39,11 @@ class Study:
 STUDIES = (
     Study("ghm_vs_focal_tuned", "The tuned verdict: each arm tuned with the same budget",
           "Does GHM-C + GHM-R beat focal loss when each gets its own learning rate, warm-up and loss parameters?"),
+    Study("ghm_wiring", "Which examples share one GHM density: the official wiring",
+          "How much of GHM's deficit at the released settings is the density's scope: the paper's definition over every "
+          "example of a step, per FPN level, or the official code's per FPN level and per group of 2 images?"),
     Study("ghm_schedule", "A schedule long enough for the slowest loss",
-          "Does GHM catch up when both train 4 times as long (each at its own tuned settings; 2x and 8x by more levels)?",
+          "Does GHM catch up when both train 2 and 4 times as long (each at its own tuned settings)?",
           axis="train.epochs",
           curves=True),
     Study("ghm_warm_start", "A warm start from focal loss's detector",
@@ -51,7 +54,7 @@ STUDIES = (
     Study("ghm_regime_lookalikes", "Look-alike negatives (hard negatives)",
           "Does GHM gain when every image holds digit-like negatives (digits turned a quarter or mirrored)?", axis="data.lookalikes"),
     Study("ghm_regime_examples", "Fewer examples per class",
-          "Does GHM gain when the training split shrinks from 4000 images to 800 (the same 700 steps)?", axis="data.train_images"),
+          "Does GHM gain when the training split shrinks from 4000 images to 1600 and 800 (the same 700 steps)?", axis="data.train_images"),
     Study("ghm_converged_lookalikes", "Look-alike negatives, both losses converged",
           "Does GHM gain on hard negatives once both losses have converged (28 epochs, where they tie on clean data)?"),
     Study("ghm_converged_unlabelled", "Unannotated digits, both losses converged",

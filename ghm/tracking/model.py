@@ -32,9 +32,8 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import AnyType, Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from ghm.data.coco import CocoDetection
+    from ghm.detection.model import GHMRetinaNet
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 PYFUNC_FILE = Path(__file__).with_name("detector_pyfunc.py")  # the model's code: it sets DetectorModel() as the model
@@ -114,13 +113,13 @@ def to_tensor(image: Any) -> torch.Tensor:
     return pixels.float().div(255.0) if array.dtype == np.uint8 or array.max(initial=0) > 1.0 else pixels.float()
 
 
-def log_detector(model: nn.Module, spec: dict[str, Any], example: Sequence[Any], *, step: int, tags: Mapping[str, str]) -> str:
+def log_detector(model: GHMRetinaNet, spec: dict[str, Any], example: Sequence[Any], *, step: int, tags: Mapping[str, str]) -> str:
     """Log the detector as the active run's model ``detector`` (linked to its metrics at ``step``); returns its model id.
 
     ``example`` (one image array) is the model's input example; the weights exclude the losses' state.
     """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # MLflow's check of the input example: no progress bars
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith(("cls_loss.", "reg_loss."))}
+    state = model.inference_state_dict()
     with tempfile.TemporaryDirectory() as folder:
         weights, spec_file = Path(folder) / "detector.pt", Path(folder) / "spec.json"
         torch.save(state, weights)
