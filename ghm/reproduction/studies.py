@@ -118,8 +118,8 @@ def study_section(client: MlflowClient, study: Study) -> str:
         lines.append(f"| {condition} | {c.setting} | {c.candidate_mean * POINTS:.1f} | {c.baseline_mean * POINTS:.1f}{ap50} | "
                      f"{c.mean * POINTS:+.1f} {_interval(c.t_low, c.t_high)} ({c.confidence:.0%}) | "
                      f"{c.p_improve:.2f} [{c.p_improve_low:.2f}, {c.p_improve_high:.2f}] | {_number(c.mde * POINTS)} | {c.n} |")
-    warnings = [f"{' '.join(f'{k}={v}' for k, v in r.condition.items()) or 'default'}: {r.regime.warning()}" for r in found
-                if r.regime and r.regime.warning()]
+    warnings = dict.fromkeys(f"{' '.join(f'{k}={v}' for k, v in r.condition.items()) or 'default'}: {r.regime.warning()}" for r in found
+                             if r.regime and r.regime.warning())  # one per condition: its arms share its baseline
     return "\n".join([*lines, "", *(f"- {w}" for w in warnings), ""])
 
 
