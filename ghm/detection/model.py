@@ -80,6 +80,8 @@ class GHMRetinaNet(RetinaNet):
     copies (``cls_loss_groups``, ``reg_loss_groups``), one per group of ``ghm_groups``.
     """
 
+    LOSS_MODULES = ("cls_loss", "reg_loss", "cls_loss_groups", "reg_loss_groups")  # their state is training state
+
     def __init__(self, backbone: nn.Module, num_classes: int, cls_loss: nn.Module, reg_loss: nn.Module, *,
                  ghm_scope: str = "official", ghm_group_images: int = 2, ghm_groups: int = 1,
                  backbone_weights: WeightsReport | None = None, **kwargs) -> None:
@@ -101,8 +103,6 @@ class GHMRetinaNet(RetinaNet):
                     loss.density.dist_reduce = False
         self.backbone_weights = backbone_weights  # how the backbone was initialised, when from a checkpoint
         self.loss_inputs = LossInputsProbe()
-
-    LOSS_MODULES = ("cls_loss", "reg_loss", "cls_loss_groups", "reg_loss_groups")
 
     def inference_state_dict(self) -> dict[str, Tensor]:
         """The detector's state without its losses' (GHM's EMA, one copy per group under the official scope): what
