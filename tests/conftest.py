@@ -55,7 +55,8 @@ def build_test_job(overrides: list[str], processes: Processes | None = None) -> 
 # Optuna 8080), the native cluster's tests (free ports, one cluster for the module), the modules whose expensive
 # module fixture would otherwise run once per worker, and the local Ray instances (two started at once can pick the
 # same port: ray-project/ray#53906).
-XDIST_GROUPS = {"test_cluster_readme.py": "services", "test_docker.py": "services", "test_cluster.py": "cluster",
+XDIST_GROUPS = {"test_cluster_readme.py": "services", "test_docker.py": "services", "test_docker_hosts.py": "services",
+                "test_cluster.py": "cluster",
                 "test_dashboard.py": "dashboard", "test_overfit.py": "overfit", "test_mlflow_native.py": "mlflow_native"}
 
 

@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
 SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
-INTERPOLATION = re.compile(r"\$\{(\w+)(?::?[-?][^}]*)?\}")
+INTERPOLATION = re.compile(r"\$\{(\w+)(?::?[-?+][^}]*)?\}")
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|_KEY$")
 
 
@@ -24,9 +24,11 @@ def env_example() -> dict[str, str]:
 
 
 def interpolate(text: str, env: dict[str, str]) -> str:
-    """What docker compose does with ${VAR}, ${VAR:-default} and ${VAR:?error}; $$ stays a literal $."""
+    """What docker compose does with ${VAR}, ${VAR:-default}, ${VAR:?error} and ${VAR:+$VAR's use}; $$ stays a literal $."""
     def value(match: re.Match) -> str:
         name, rest = match.group(1), match.group(0)[len(match.group(1)) + 2:-1]
+        if rest.startswith(":+"):
+            return re.sub(r"\$(\w+)", lambda inner: env.get(inner.group(1), ""), rest[2:]) if env.get(name) else ""
         if env.get(name):
             return env[name]
         return rest[2:] if rest.startswith(":-") else ""
@@ -114,7 +116,7 @@ def test_workers_reserve_gpus_and_every_ray_process_runs_the_same_image(services
 def test_mlflow_is_served_safely_and_services_wait_for_health(services: dict[str, Any]) -> None:
     mlflow = services["mlflow"]
     command = " ".join(mlflow["command"])
-    hosts = re.search(r"--allowed-hosts (\S+)", command).group(1).split(",")
+    hosts = re.search(r'--allowed-hosts "([^$"]+)', command).group(1).split(",")
     assert "mlflow" in hosts and "mlflow:5000" in hosts
     assert mlflow["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     assert "postgresql" in mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"] and "--serve-artifacts" in command
@@ -130,23 +132,83 @@ def test_mlflow_is_served_safely_and_services_wait_for_health(services: dict[str
     assert "hydra.sweeper.registry.enabled=true" in services["launcher"]["entrypoint"]  # the stack registers each verdict
 
 
+WORKER_HOST_ENV = {"RAY_HEAD_ADDRESS": "192.0.2.10", "RAY_NODE_ADDRESS": "192.0.2.11", "RAY_AUTH_TOKEN": "t", "SHARED_DIR": "/mnt/shared",
+                   "MLFLOW_ADMIN_PASSWORD": "p"}
+HEAD_HOST_ENV = {**env_example(), "CLUSTER_ADDRESS": "192.0.2.10", "SHARED_DIR": "/mnt/shared", "RAY_WORKER_CPUS": "4"}
+
+
+def flags_of(command: str) -> dict[str, str]:
+    return dict(arg.removeprefix("--").split("=", 1) for arg in command.split() if arg.startswith("--") and "=" in arg)
+
+
 def test_the_worker_file_for_another_host_joins_with_tls_the_token_and_the_tested_fixed_ports() -> None:
-    """docker-compose.worker.yml: what a second GPU host runs (tests/test_two_hosts.py runs its command's ports and TLS natively)."""
+    """docker-compose.worker.yml: what a second GPU host runs (tests/test_two_hosts.py runs its command's ports and TLS natively;
+    tests/test_docker_hosts.py runs the file itself beside the head host's stack)."""
     from tests.test_two_hosts import WORKER_PORTS
 
     path = ROOT / "docker-compose.worker.yml"
-    worker_env = {"RAY_HEAD_ADDRESS": "192.0.2.10", "RAY_NODE_ADDRESS": "192.0.2.11", "RAY_AUTH_TOKEN": "t", "SHARED_DIR": "/mnt/shared"}
     validator = jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))
     validator.validate(yaml.safe_load(path.read_text()))
-    (worker,) = yaml.safe_load(interpolate(path.read_text(), worker_env))["services"].values()
-    validator.validate({"services": {"ray-worker": worker}})
+    services = yaml.safe_load(interpolate(path.read_text(), WORKER_HOST_ENV))["services"]
+    validator.validate({"services": services})
+    worker = services["ray-worker"]
     command = worker["command"].split()
     assert command[:3] == ["ray", "start", "--address=192.0.2.10:6379"] and "--node-ip-address=192.0.2.11" in command
-    flags = dict(arg.removeprefix("--").split("=") for arg in command[3:] if "=" in arg)
+    assert "--num-cpus" not in worker["command"]  # every CPU unless RAY_WORKER_CPUS says otherwise
+    flags = flags_of(worker["command"])
     assert {k: flags[k] for k in (a.removeprefix("--") for a in WORKER_PORTS[::2])} == dict(
         zip((a.removeprefix("--") for a in WORKER_PORTS[::2]), WORKER_PORTS[1::2], strict=True))
     env = yaml.safe_load(path.read_text())["services"]["ray-worker"]["environment"]
     assert env["RAY_AUTH_MODE"] == "token" and env["RAY_USE_TLS"] == "1" and ":-" not in env["RAY_AUTH_TOKEN"]
-    assert {env[k] for k in ("RAY_TLS_SERVER_CERT", "RAY_TLS_SERVER_KEY", "RAY_TLS_CA_CERT")} == {
-        "/certs/worker.crt", "/certs/worker.key", "/certs/ca.crt"}
-    assert any(v.endswith(":/certs:ro") for v in worker["volumes"]) and worker["network_mode"] == "host" and "ports" not in worker
+    assert {env[k] for k in ("RAY_TLS_SERVER_CERT", "RAY_TLS_SERVER_KEY", "RAY_TLS_CA_CERT", "MLFLOW_TRACKING_SERVER_CERT_PATH")} == {
+        "/certs/node.crt", "/certs/node.key", "/certs/ca.crt"}
+    assert ":-" not in env["MLFLOW_TRACKING_PASSWORD"]
+    assert "node-certs:/certs:ro" in worker["volumes"] and worker["network_mode"] == "host" and "ports" not in worker
+    assert worker["depends_on"]["certs"]["condition"] == "service_completed_successfully"
+    assert "install -m 600 -o 1000 -g 1000" in services["certs"]["entrypoint"][-1]  # the key readable by the worker's user only
+
+
+@pytest.fixture(scope="module")
+def head_host() -> dict[str, Any]:
+    """docker-compose.hosts.yml as compose merges it onto docker-compose.yml (the keys it sets replace the base's)."""
+    path = ROOT / "docker-compose.hosts.yml"
+    jsonschema.Draft7Validator(json.loads(SCHEMA.read_text())).validate(yaml.safe_load(path.read_text().replace("!override", "")
+                                                                                       .replace("!reset", "")))
+    return yaml.safe_load(interpolate(path.read_text().replace("!override", "").replace("!reset", ""), HEAD_HOST_ENV))
+
+
+def test_the_head_hosts_ray_processes_advertise_the_cluster_address_on_distinct_fixed_ports(head_host: dict[str, Any]) -> None:
+    services = head_host["services"]
+    commands = {n: services[n]["command"] for n in ("ray-head", "ray-worker")}
+    commands["launcher"] = services["launcher"]["environment"]["RAY_NODE_OPTIONS"]
+    ports: list[int] = []
+    for name, command in commands.items():
+        flags = flags_of(command)
+        assert flags["node-ip-address"] == "192.0.2.10", name
+        assert services[name]["network_mode"] == "host", name  # the address others connect to is the host's
+        ports += [int(v) for k, v in flags.items() if k.endswith("-port") and k not in ("min-worker-port", "max-worker-port")]
+        ports += list(range(int(flags["min-worker-port"]), int(flags["max-worker-port"]) + 1))
+    assert len(ports) == len(set(ports)), "two Ray processes of the head host share a port"
+    assert flags_of(commands["ray-worker"])["num-cpus"] == "4"
+    assert flags_of(commands["ray-head"])["dashboard-host"] == "127.0.0.1"
+    for name in ("ray-head", "ray-worker", "launcher"):
+        env = services[name]["environment"]
+        assert env["RAY_USE_TLS"] == "1" and env["RAY_ADDRESS"] == "192.0.2.10:6379", name
+        assert env["MLFLOW_TRACKING_URI"] == "https://192.0.2.10:5000" and env["MLFLOW_TRACKING_SERVER_CERT_PATH"] == "/certs/ca.crt"
+        assert env["OPTUNA_STORAGE"].endswith("@192.0.2.10:5432/optuna?sslmode=verify-full&sslrootcert=/certs/ca.crt"), name
+
+
+def test_the_head_host_publishes_only_tls_endpoints_with_logins_beyond_localhost(head_host: dict[str, Any]) -> None:
+    services = head_host["services"]
+    beyond = {(n, p) for n, s in services.items() for host_ip, p in published_ports(s) if host_ip != "127.0.0.1"}
+    assert beyond == {("mlflow", "5000"), ("postgres", "5432")}
+    assert all(host_ip == "192.0.2.10" for n in ("mlflow", "postgres") for host_ip, _ in published_ports(services[n])
+               if host_ip != "127.0.0.1")
+    mlflow = services["mlflow"]["environment"]
+    assert mlflow["MLFLOW_AUTH"] == "basic-auth" and mlflow["MLFLOW_SERVER_CERT"] == "/certs/node.crt"
+    assert "https://localhost:5000/health" in services["mlflow"]["healthcheck"]["test"]
+    postgres = services["postgres"]["command"]
+    assert {"ssl=on", "hba_file=/etc/postgresql/ghm_hba.conf", "ssl_key_file=/certs/postgres.key"} <= set(postgres)
+    hba = [line.split() for line in head_host["configs"]["postgres-hba"]["content"].splitlines() if line and not line.startswith("#")]
+    assert hba == [["local", "all", "all", "trust"], ["hostssl", "all", "all", "all", "scram-sha-256"]]  # no plain TCP at all
+    assert head_host["volumes"]["shared"]["driver_opts"]["device"] == "/mnt/shared"

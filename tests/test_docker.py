@@ -18,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -69,9 +70,12 @@ class Stack:
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32), "RAY_WORKERS": str(WORKERS), "RAY_WORKER_GPUS": "0",
         "RAY_WORKER_SHM_SIZE": "1gb"})
     up_seconds: list[float] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)  # the compose files; COMPOSE_FILES and the workers' CPUs when none
 
     def __post_init__(self) -> None:
-        (self.workdir / "test-override.yml").write_text(TEST_OVERRIDE)
+        if not self.files:
+            (self.workdir / "test-override.yml").write_text(TEST_OVERRIDE)
+            self.files = [*COMPOSE_FILES, self.workdir / "test-override.yml"]
         self.write_env()
 
     def write_env(self) -> None:
@@ -80,7 +84,7 @@ class Stack:
         env_file.chmod(0o600)
 
     def command(self, *args: str) -> list[str]:
-        files = [a for f in [*COMPOSE_FILES, self.workdir / "test-override.yml"] for a in ("--file", str(f))]
+        files = [a for f in self.files for a in ("--file", str(f))]
         return ["docker", "compose", "--project-name", self.project, "--project-directory", str(ROOT),
                 "--env-file", str(self.workdir / ".env"), *files, *args]
 
@@ -103,10 +107,11 @@ class Stack:
             return subprocess.Popen(self.command("run", "--rm", "--no-TTY", *extra, *args), cwd=ROOT, env=self.environment(),
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
-    def build(self) -> None:
+    @staticmethod
+    def build() -> None:
         """The project image, as .ci/run and users build it (`compose build` would label it with this project): seconds
         when only the source changed; behind a TLS-intercepting proxy, a dependency change needs the README's build first."""
-        built = subprocess.run(["docker", "build", "--quiet", "--tag", "ghm-sweep:latest", str(ROOT)], env=self.environment(),
+        built = subprocess.run(["docker", "build", "--quiet", "--tag", "ghm-sweep:latest", str(ROOT)], env=Stack.environment(),
                                capture_output=True, text=True, timeout=3600)
         assert built.returncode == 0, f"docker build failed:\n{built.stderr[-4000:]}"
 
@@ -144,29 +149,30 @@ def login(auth: tuple[str, str] | None) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(":".join(auth).encode()).decode()} if auth else {}
 
 
-def get(url: str, auth: tuple[str, str] | None = None, timeout: float = 30) -> bytes:
-    with urllib.request.urlopen(urllib.request.Request(url, headers=login(auth)), timeout=timeout) as answer:
+def get(url: str, auth: tuple[str, str] | None = None, timeout: float = 30, tls: ssl.SSLContext | None = None) -> bytes:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=login(auth)), timeout=timeout, context=tls) as answer:
         return answer.read()
 
 
-def get_json(url: str, auth: tuple[str, str] | None = None, **params: Any) -> dict[str, Any]:
+def get_json(url: str, auth: tuple[str, str] | None = None, tls: ssl.SSLContext | None = None, **params: Any) -> dict[str, Any]:
     query = f"?{urllib.parse.urlencode(params)}" if params else ""
-    return json.loads(get(url + query, auth))
+    return json.loads(get(url + query, auth, tls=tls))
 
 
 class MlflowRest:
-    """What a sweep left in MLflow, read through the tracking server's REST API on the published port."""
+    """What a sweep left in MLflow, read through the tracking server's REST API on the published port (over HTTPS when
+    given the CA's context)."""
 
-    def __init__(self, auth: tuple[str, str] | None = None) -> None:
-        self.auth = auth
+    def __init__(self, auth: tuple[str, str] | None = None, base: str = MLFLOW, tls: ssl.SSLContext | None = None) -> None:
+        self.auth, self.base, self.tls = auth, base, tls
 
     def runs(self, experiment: str) -> list[dict[str, Any]]:
-        found = get_json(f"{MLFLOW}/api/2.0/mlflow/experiments/get-by-name", self.auth, experiment_name=experiment)
+        found = get_json(f"{self.base}/api/2.0/mlflow/experiments/get-by-name", self.auth, self.tls, experiment_name=experiment)
         request = urllib.request.Request(
-            f"{MLFLOW}/api/2.0/mlflow/runs/search", method="POST",
+            f"{self.base}/api/2.0/mlflow/runs/search", method="POST",
             data=json.dumps({"experiment_ids": [found["experiment"]["experiment_id"]], "max_results": 1000}).encode(),
             headers={"Content-Type": "application/json", **login(self.auth)})
-        with urllib.request.urlopen(request, timeout=30) as answer:
+        with urllib.request.urlopen(request, timeout=30, context=self.tls) as answer:
             return json.loads(answer.read()).get("runs", [])
 
     def sweep(self, experiment: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -179,14 +185,15 @@ class MlflowRest:
         return parent, children
 
     def history(self, run: dict[str, Any], metric: str) -> list[dict[str, Any]]:
-        return get_json(f"{MLFLOW}/api/2.0/mlflow/metrics/get-history", self.auth, run_id=run["info"]["run_id"],
+        return get_json(f"{self.base}/api/2.0/mlflow/metrics/get-history", self.auth, self.tls, run_id=run["info"]["run_id"],
                         metric_key=metric).get("metrics", [])
 
     def artifact(self, run: dict[str, Any], path: str) -> bytes:
         """An artifact through the server's artifact proxy (mlflow-artifacts:/<experiment>/<run>/artifacts/...)."""
         root = run["info"]["artifact_uri"]
         assert root.startswith("mlflow-artifacts:/"), root  # served by the tracking server, not a local path
-        return get(f"{MLFLOW}/api/2.0/mlflow-artifacts/artifacts/{root.removeprefix('mlflow-artifacts:/')}/{path}", self.auth)
+        return get(f"{self.base}/api/2.0/mlflow-artifacts/artifacts/{root.removeprefix('mlflow-artifacts:/')}/{path}", self.auth,
+                   tls=self.tls)
 
 
 def tags(run: dict[str, Any]) -> dict[str, str]:
@@ -199,22 +206,31 @@ def metrics(run: dict[str, Any]) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    if not docker_engine_answers():
-        message = "no Docker engine answers `docker info` (start dockerd; .ci/run installs and starts one)"
-        if os.environ.get("GHM_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"GHM_REQUIRE_DOCKER=1: {message}")
-        pytest.skip(message)
+    require_docker()
     running = Stack(tmp_path_factory.mktemp("stack"))
     try:
         running.build()
         running.up()
         yield running
     finally:
-        running.compose("down", "--volumes", "--remove-orphans", "--timeout", "20", check=False)
-        label = f"label=com.docker.compose.project={running.project}"
-        left = {kind: subprocess.run(["docker", *command, "--quiet", "--filter", label], capture_output=True, text=True).stdout.split()
-                for kind, command in (("containers", ["ps", "--all"]), ("volumes", ["volume", "ls"]), ("networks", ["network", "ls"]))}
-        assert not any(left.values()), f"left behind by the test stack: {left}"
+        take_down(running)
+
+
+def require_docker() -> None:
+    if not docker_engine_answers():
+        message = "no Docker engine answers `docker info` (start dockerd; .ci/run installs and starts one)"
+        if os.environ.get("GHM_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"GHM_REQUIRE_DOCKER=1: {message}")
+        pytest.skip(message)
+
+
+def take_down(running: Stack) -> None:
+    """``down --volumes``, and a failure if any container, volume or network of the project is left."""
+    running.compose("down", "--volumes", "--remove-orphans", "--timeout", "20", check=False)
+    label = f"label=com.docker.compose.project={running.project}"
+    left = {kind: subprocess.run(["docker", *command, "--quiet", "--filter", label], capture_output=True, text=True).stdout.split()
+            for kind, command in (("containers", ["ps", "--all"]), ("volumes", ["volume", "ls"]), ("networks", ["network", "ls"]))}
+    assert not any(left.values()), f"left behind by the test stack: {left}"
 
 
 @pytest.fixture(scope="module")
