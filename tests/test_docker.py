@@ -42,12 +42,6 @@ OPTUNA = "http://127.0.0.1:8080"
 RAY_DASHBOARD = "http://127.0.0.1:8265"
 UP_BOUND_S = 300  # `up -d --wait` with built images; measured ~1 min on 2 cores (docs/benchmarks.md)
 WORKERS = 2
-# Workers of one CPU each: two concurrent trials land on two different workers.
-TEST_OVERRIDE = """\
-services:
-  ray-worker:
-    command: ray start --address=ray-head:6379 --num-cpus=1 --block
-"""
 SMALL = [*SMALL_DATA, "train=smoke", "train.threads=1"]
 
 
@@ -68,14 +62,11 @@ class Stack:
         "POSTGRES_USER": "ghm", "POSTGRES_PASSWORD": secrets.token_hex(16), "RAY_AUTH_TOKEN": secrets.token_hex(32),
         "MLFLOW_AUTH": "", "MLFLOW_ADMIN_USERNAME": "admin", "MLFLOW_ADMIN_PASSWORD": secrets.token_hex(16),
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32), "RAY_WORKERS": str(WORKERS), "RAY_WORKER_GPUS": "0",
-        "RAY_WORKER_SHM_SIZE": "1gb"})
+        "RAY_WORKER_SHM_SIZE": "1gb", "RAY_WORKER_CPUS": "1"})  # workers of one CPU: two trials at once land on two workers
     up_seconds: list[float] = field(default_factory=list)
-    files: list[Path] = field(default_factory=list)  # the compose files; COMPOSE_FILES and the workers' CPUs when none
+    files: list[Path] = field(default_factory=lambda: list(COMPOSE_FILES))
 
     def __post_init__(self) -> None:
-        if not self.files:
-            (self.workdir / "test-override.yml").write_text(TEST_OVERRIDE)
-            self.files = [*COMPOSE_FILES, self.workdir / "test-override.yml"]
         self.write_env()
 
     def write_env(self) -> None:
