@@ -139,3 +139,17 @@ def test_a_run_with_an_unreadable_checkpoint_stops_before_any_work_with_that_mes
     assert "Traceback" not in output and "UnpicklingError" not in output
     experiment = MlflowClient(uri).get_experiment_by_name("ghm")  # the run's (the backbone's pretraining has a run of its own)
     assert experiment is None or not MlflowClient(uri).search_runs([experiment.experiment_id])
+
+
+def test_a_resumed_epoch_logs_only_the_metrics_its_run_lacks(tmp_path: Path) -> None:
+    """A run killed after its checkpoint but before its metrics reached MLflow logs them on resuming; none twice."""
+    from ghm.tracking.run import RunTracker
+
+    tracker = RunTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "resumed")
+    tracker.run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
+    tracker.log_metrics({"mAP": 0.1, "loss": 2.0}, step=1)
+    tracker.log_missing_metrics({"mAP": 0.1, "loss": 2.0}, step=1)  # logged before the kill: nothing again
+    tracker.log_metrics({"loss": 1.5}, step=2)
+    tracker.log_missing_metrics({"mAP": 0.2, "loss": 1.5}, step=2)  # only mAP was missing at step 2
+    history = {k: [(m.step, m.value) for m in tracker.client.get_metric_history(tracker.run_id, k)] for k in ("mAP", "loss")}
+    assert history == {"mAP": [(1, 0.1), (2, 0.2)], "loss": [(1, 2.0), (2, 1.5)]}

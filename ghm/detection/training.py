@@ -68,6 +68,8 @@ def train(job: Job, on_epoch: EpochCallback | None = None) -> RunResult:
         with tracking as run_id:
             if job.tracker and job.model.backbone_weights and not state:  # the tensors the backbone checkpoint gave
                 job.tracker.log_dict(dataclasses.asdict(job.model.backbone_weights), "backbone_weights.json")
+            if job.tracker and state.get("epoch_metrics"):  # killed between its checkpoint and its metrics
+                job.tracker.log_missing_metrics(state["epoch_metrics"], step=state["epoch"])
             metrics = _train_epochs(job, state, run_id, on_epoch)
             if job.tracker and settings.log_model and not job.tracker.logged_models():  # once, even when resumed after the end
                 _log_model(job)
@@ -105,11 +107,14 @@ def _train_epochs(job: Job, state: dict[str, Any], run_id: str | None, on_epoch:
             if last and job.tracker:
                 job.tracker.log_text(evaluation.summary, "coco_eval.txt")
                 job.tracker.log_dict({"metrics": evaluation.metrics, "num_detections": evaluation.num_detections}, "evaluation.json")
-        if job.tracker:
-            job.tracker.log_metrics(epoch_metrics, step=epoch + 1)
+        # The checkpoint first, with the epoch's metrics: a run killed before they reach MLflow logs them on resuming
+        # (train: log_missing_metrics), and one killed after never trains the epoch, nor logs it, twice.
         if job.rank == 0:
             job.checkpoint.save({"epoch": epoch + 1, "model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
-                                 "scaler": job.scaler.state_dict(), "skipped": skipped, "run_id": run_id, "metrics": metrics})
+                                 "scaler": job.scaler.state_dict(), "skipped": skipped, "run_id": run_id, "metrics": metrics,
+                                 "epoch_metrics": epoch_metrics})
+        if job.tracker:
+            job.tracker.log_metrics(epoch_metrics, step=epoch + 1)
         if job.world_size > 1:
             dist.barrier()
         if on_epoch:

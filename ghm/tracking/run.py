@@ -95,6 +95,13 @@ class RunTracker:
         self.client.log_batch(self._run(), metrics=[mlflow.entities.Metric(k, float(v), _now_ms(), step)
                                                     for k, v in metrics.items()])
 
+    def log_missing_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Those of ``metrics`` that the run has not logged at ``step`` (a resumed run's last checkpointed epoch)."""
+        run_id = self._run()
+        missing = {k: v for k, v in metrics.items() if all(m.step != step for m in self.client.get_metric_history(run_id, k))}
+        if missing:
+            self.log_metrics(missing, step)
+
     def log_figure(self, figure: Figure, path: str) -> None:
         self.client.log_figure(self._run(), figure, path)
 
