@@ -86,11 +86,10 @@ class Cluster:
     head: Stack
     worker: Stack
     second: SecondHost
-    certs: Path
 
     @property
     def tls(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.certs / "ca.crt"))
+        return ssl.create_default_context(cafile=str(self.second.certs / "ca.crt"))
 
     @property
     def mlflow(self) -> str:
@@ -143,7 +142,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             "RAY_WORKER_CPUS": "1", "RAY_WORKER_SHM_SIZE": "1gb", "HOST_B": second.holder})
         worker.write_env()
         worker.up()
-        yield Cluster(head, worker, second, certs)
+        yield Cluster(head, worker, second)
     finally:
         for stack in (worker, head):
             if stack is not None:
