@@ -45,8 +45,6 @@ def compare_settings(trials: Sequence[TrialRecord], pairing: Pairing, direction:
     seeds both finished. ``effect``: a difference of interest, whose seeds needed each comparison gives; ``confidence``: of
     its t interval. A comparison of arms' search trials are no settings of the verdict.
     """
-    from ghm.comparison.statistics import compare
-
     usable = [t for t in trials if t.objective is not None and t.state in (FINISHED, REUSED) and t.seed is not None
               and t.search_trial is None]
     context = context_of(usable, pairing)
@@ -57,8 +55,14 @@ def compare_settings(trials: Sequence[TrialRecord], pairing: Pairing, direction:
             baselines.setdefault(context(t), {})[t.seed] = t.objective
         else:
             settings.setdefault(setting_of(t, pairing), (context(t), {}))[1][t.seed] = t.objective
-    return [compare(label, values, baselines[where], confidence, larger_is_better=direction == "maximize", effect=effect)
-            for label, (where, values) in settings.items() if set(values) & set(baselines.get(where, {}))]
+    paired = {label: (values, baselines[where]) for label, (where, values) in settings.items()
+              if set(values) & set(baselines.get(where, {}))}
+    if not paired:
+        return []
+    from ghm.comparison.statistics import compare  # SciPy: only where a setting meets its baseline
+
+    return [compare(label, values, baseline, confidence, larger_is_better=direction == "maximize", effect=effect)
+            for label, (values, baseline) in paired.items()]
 
 
 def best_params(trials: Sequence[TrialRecord], comparisons: Sequence[PairedComparison], pairing: Pairing,

@@ -35,7 +35,7 @@ from ghm.comparison.settings import best_params, compare_settings, confirmation_
 from ghm.sweep.config import ArmConf, SweeperConf
 from ghm.sweep.identity import SweepIdentity
 from ghm.sweep.report import check_failures, provenance, report
-from ghm.sweep.search import ArmSearch, GridSearch, OptunaSearch, Role, Search
+from ghm.sweep.search import ArmSearch, GridSearch, OptunaSearch, Role, Search, optuna_storage
 from ghm.sweep.space import SearchSpace, condition_space, parse_search_space
 from ghm.sweep.trials import TaskJob, TrialSpec, failure_value, ray_session, run_trials
 
@@ -195,7 +195,7 @@ class Sweep:
         if storage is not None:
             import optuna
 
-            if name in {s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)}:
+            if name in {s.study_name for s in optuna.study.get_all_study_summaries(optuna_storage(storage), include_best_trial=False)}:
                 return True
         return parent is not None and parent.exists(name)
 

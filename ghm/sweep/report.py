@@ -24,9 +24,11 @@ log = logging.getLogger(__name__)
 
 def report(record: SweepRecord, parent: ParentRun | None, sweep_dir: Path) -> None:
     """Print the comparison; record it, with the dashboard, on the parent run and close it."""
-    from ghm.comparison.statistics import format_table
+    table = "(no setting could be paired with the baseline)"
+    if record.comparisons:
+        from ghm.comparison.statistics import format_table  # SciPy: only where there is a comparison
 
-    table = format_table(record.comparisons, record.metric) if record.comparisons else "(no setting could be paired with the baseline)"
+        table = format_table(record.comparisons, record.metric)
     for where, regime in baseline_regimes(record, parent).items():
         table = f"{table}\n{regime.line()}" + (f" ({where})" if where else "")
     for arm in record.tuning:

@@ -10,6 +10,7 @@ sweep runs, not when Hydra loads the plugin.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -28,6 +29,18 @@ from ghm.sweep.space import SearchSpace
 log = logging.getLogger(__name__)
 
 OPTUNA_NUMBER = "optuna_trial_number"  # added to each suggested config: the trial's number in the Optuna study
+
+
+@functools.cache
+def optuna_storage(url: str) -> Any:
+    """One Optuna storage per URL in this process, with Optuna's cache of finished trials (``optuna.storages.get_storage``).
+
+    Each new ``RDBStorage`` connects and checks its schema (a fifth of a second on SQLite), and an uncached one
+    reads every trial back for each suggestion: a sweep's driver opens its study's storage once.
+    """
+    import optuna
+
+    return optuna.storages.get_storage(url)
 
 
 @dataclass(frozen=True)
@@ -177,7 +190,7 @@ class OptunaSearch(Search):
 
         searcher = StateAwareOptunaSearch(space=self.search_space.distributions(), metric=metric, mode=mode,
                                           sampler=instantiate(self.sampler) if self.sampler else None, study_name=self.study_name,
-                                          storage=optuna.storages.RDBStorage(self.storage))
+                                          storage=optuna_storage(self.storage))
         return TunePlan({}, searcher, self.n_trials)
 
     def trial(self, config: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -207,7 +220,7 @@ class OptunaSearch(Search):
         """The study's trials that ran, after failing those an interrupted sweep asked for and never ran (no trial of the sweep)."""
         import optuna
 
-        study = optuna.load_study(study_name=self.study_name, storage=self.storage)
+        study = optuna.load_study(study_name=self.study_name, storage=optuna_storage(self.storage))
         ran = []
         for trial in study.get_trials(deepcopy=False):
             if trial.state == optuna.trial.TrialState.RUNNING:

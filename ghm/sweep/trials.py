@@ -36,6 +36,9 @@ from ghm.sweep.task import TRIAL_ENV, trial_tags
 log = logging.getLogger(__name__)
 
 
+_hydra_state_of: dict[str, str] = {}  # in a Ray worker: the sweep (its folder) whose Hydra state the worker holds
+
+
 @dataclass
 class TaskJob:
     """The task as a Hydra job: what a Ray worker needs to launch it with a trial's overrides (pickled to the worker)."""
@@ -56,7 +59,10 @@ class TaskJob:
         own environment does not decide where a trial's records go.
         """
         with _in_launch_dir(self.config.hydra.runtime.cwd), env_override({**self.environment, **environment}):
-            Singleton.set_state(self.singleton_state)
+            # Once per sweep in a worker (20 ms a trial otherwise); its later jobs run as Hydra's basic launcher runs a sweep's jobs.
+            if _hydra_state_of.get("sweep") != self.sweep_dir:
+                Singleton.set_state(self.singleton_state)
+                _hydra_state_of["sweep"] = self.sweep_dir
             launcher = Plugins.instance().instantiate_launcher(hydra_context=self.hydra_context, task_function=self.task_function,
                                                                config=self.config)
             overrides = [*self.fixed, *(f"{k}={v}" for k, v in params.items()), f"hydra.sweep.dir={quoted(self.sweep_dir)}"]

@@ -13,9 +13,10 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mlflow
-from mlflow.tracking import MlflowClient
+if TYPE_CHECKING:  # MLflow's import costs a second: a sweep that only needs the store's address does not pay for it
+    from mlflow.tracking import MlflowClient
 
 
 def default_tracking_uri(root_dir: str | os.PathLike[str]) -> str:
@@ -30,6 +31,8 @@ def sqlite_path(tracking_uri: str) -> Path | None:
 
 def tracking_client(tracking_uri: str) -> MlflowClient:
     """A client of ``tracking_uri``, the embedded store created (or migrated) by one process at a time."""
+    from mlflow.tracking import MlflowClient
+
     database = sqlite_path(tracking_uri)
     if database is None:
         return MlflowClient(tracking_uri)
@@ -43,6 +46,8 @@ def tracking_client(tracking_uri: str) -> MlflowClient:
 
 def experiment_id(client: MlflowClient, name: str) -> str:
     """The experiment called ``name``, created on first use (with its artifacts beside an embedded store)."""
+    from mlflow.exceptions import MlflowException
+
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
@@ -50,7 +55,7 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     location = (database.parent / "mlartifacts" / name).as_uri() if database else None
     try:  # the kind makes MLflow's UI open the experiment on its training runs (not its GenAI traces)
         return client.create_experiment(name, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"})
-    except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent run
+    except MlflowException:  # created meanwhile by a concurrent run
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             raise
