@@ -16,9 +16,10 @@ import json
 import logging
 import math
 import os
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from ghm.sweep.task import TRIAL_ENV, trial_tags
 log = logging.getLogger(__name__)
 
 
-_hydra_state_of: dict[str, str] = {}  # in a Ray worker: the sweep (its folder) whose Hydra state the worker holds
+_hydra_state_of: dict[str, str] = {}  # in a Ray worker: the job whose Hydra state the worker holds (its state_id)
 
 
 @dataclass
@@ -50,6 +51,7 @@ class TaskJob:
     fixed: tuple[str, ...]  # the overrides every trial gets
     sweep_dir: str  # hydra.sweep.dir resolved in the driver: the jobs' folders are <sweep_dir>/<number> on every node
     environment: dict[str, str]  # the driver's tracking URI and study storage, which every trial uses
+    state_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # names singleton_state: a worker sets it once
 
     def launch(self, number: int, params: dict[str, Any], environment: dict[str, str]) -> JobReturn:
         """Run the job ``number`` with the swept values ``params`` through Hydra's configured launcher.
@@ -59,10 +61,10 @@ class TaskJob:
         own environment does not decide where a trial's records go.
         """
         with _in_launch_dir(self.config.hydra.runtime.cwd), env_override({**self.environment, **environment}):
-            # Once per sweep in a worker (20 ms a trial otherwise); its later jobs run as Hydra's basic launcher runs a sweep's jobs.
-            if _hydra_state_of.get("sweep") != self.sweep_dir:
+            # Once per job in a worker (20 ms a trial otherwise); the later trials run as Hydra's basic launcher runs a sweep's jobs.
+            if _hydra_state_of.get("job") != self.state_id:
                 Singleton.set_state(self.singleton_state)
-                _hydra_state_of["sweep"] = self.sweep_dir
+                _hydra_state_of["job"] = self.state_id
             launcher = Plugins.instance().instantiate_launcher(hydra_context=self.hydra_context, task_function=self.task_function,
                                                                config=self.config)
             overrides = [*self.fixed, *(f"{k}={v}" for k, v in params.items()), f"hydra.sweep.dir={quoted(self.sweep_dir)}"]
