@@ -54,9 +54,8 @@ def build_test_job(overrides: list[str], processes: Processes | None = None) -> 
 # the modules whose services take the fixed ports of the README and the compose stack (MLflow 5000, Ray 8265/10001,
 # Optuna 8080), and with them the tests that start Ray nodes of their own (the native cluster, the installed package's
 # sweep: beside the compose stacks' sweeps their `ray start` timed out at Ray's fixed 30 s, "GCS overloaded", at a load
-# of 10 on two cores), the modules
-# whose expensive module fixture would otherwise run once per worker, and the local Ray instances (two started at once
-# can pick the same port: ray-project/ray#53906).
+# of 10 on two cores), the modules whose expensive module fixture would otherwise run once per worker, and the local Ray
+# instances (two started at once can pick the same port: ray-project/ray#53906).
 XDIST_GROUPS = {"test_cluster_readme.py": "services", "test_docker.py": "services", "test_docker_hosts.py": "services",
                 "test_cluster.py": "services", "test_install.py": "services",
                 "test_dashboard.py": "dashboard", "test_overfit.py": "overfit", "test_mlflow_native.py": "mlflow_native"}
