@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import traceback
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -105,8 +106,10 @@ def run_trial(tune_config: dict[str, Any], spec: TrialSpec) -> None:
         final = {spec.metric: float(result.return_value), "trial_state": FINISHED}
     else:  # the task raised: a failed trial, not a worker death, so not retried
         error = result._return_value  # JobReturn.return_value re-raises; the exception itself is the record
-        log.error("trial %d failed: %s: %s", number, type(error).__name__, error, exc_info=error)  # with the task's traceback
-        final = {spec.metric: spec.failure_value, "trial_state": FAILED, "error": f"{type(error).__name__}: {error}"}
+        # The traceback travels in the result: the driver prints it with the trial's line. Logged here, it would
+        # reach the console only through Ray's log monitor, which a driver that exits right after may outrun.
+        final = {spec.metric: spec.failure_value, "trial_state": FAILED, "error": f"{type(error).__name__}: {error}",
+                 "traceback": "".join(traceback.format_exception(error))}
     record.parent.mkdir(parents=True, exist_ok=True)
     partial = record.with_suffix(".partial")
     partial.write_text(json.dumps(final))
@@ -179,6 +182,8 @@ def hydra_console(spec: TrialSpec, mode: str) -> Any:
                 self.best = (value, number)
             outcome = f"{spec.metric}={value:.6g}" if state != FAILED and value is not None else result.get("error", "")
             log.info("#%d : %s -> %s (%s)", number, _overrides(params), outcome, state)
+            if state == FAILED and result.get("traceback"):
+                log.error("#%d failed in its task:\n%s", number, result["traceback"].rstrip())
             self._progress(trials, trial)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
